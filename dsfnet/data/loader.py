@@ -1,0 +1,78 @@
+"""Torch datasets over image records, and the camera-aware P×K sampler."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from dsfnet.data.records import ImageRecord
+
+
+class ImageDataset(Dataset):
+    """Yields (image tensor, label, camid, index); `labels` defaults to the records' pids."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable, labels: Sequence[int] | None = None):
+        self.records = list(records)
+        self.transform = transform
+        self.labels = list(labels) if labels is not None else [r.pid for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        with Image.open(record.path) as img:
+            image = self.transform(img.convert("RGB"))
+        return image, self.labels[index], record.camid, index
+
+
+class CameraAwarePKSampler(Sampler[int]):
+    """P identities × K instances per batch, picking the K instances from as many cameras as possible.
+
+    Cross-camera positives in a batch are what teach camera invariance (Cluster Contrast's
+    RandomMultipleGallerySampler has the same intent). `labels` are pseudo-labels (>= 0).
+    """
+
+    def __init__(self, labels: Sequence[int], camids: Sequence[int], num_instances: int, seed: int = 0):
+        self.num_instances = num_instances
+        self.by_label: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for index, (label, camid) in enumerate(zip(labels, camids, strict=True)):
+            self.by_label[int(label)][int(camid)].append(index)
+        self.label_ids = sorted(self.by_label)
+        self.epoch = 0
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.label_ids) * self.num_instances
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _instances(self, label: int, rng: np.random.Generator) -> list[int]:
+        cameras = [list(rng.permutation(idx)) for idx in self.by_label[label].values()]
+        rng.shuffle(cameras)
+        picked: list[int] = []
+        # round-robin over cameras: one image per camera before any camera repeats
+        while len(picked) < self.num_instances and any(cameras):
+            for pool in cameras:
+                if pool and len(picked) < self.num_instances:
+                    picked.append(int(pool.pop()))
+        while len(picked) < self.num_instances:  # small cluster: repeat with replacement
+            picked.append(int(rng.choice(picked)))
+        return picked
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        for label in rng.permutation(self.label_ids):
+            yield from self._instances(int(label), rng)
+
+
+def collate_images(batch):
+    images, labels, camids, indices = zip(*batch, strict=True)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(camids), torch.tensor(indices)

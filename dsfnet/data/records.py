@@ -1,0 +1,55 @@
+"""The record types every reader returns and every consumer relies on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image crop: where it is, who it shows (pid) and which camera saw it (0-based camid)."""
+
+    path: str
+    pid: int
+    camid: int
+
+
+@dataclass
+class ReIDDataset:
+    """A re-identification benchmark split into train / query / gallery."""
+
+    name: str
+    root: Path
+    train: list[ImageRecord] = field(default_factory=list)
+    query: list[ImageRecord] = field(default_factory=list)
+    gallery: list[ImageRecord] = field(default_factory=list)
+
+    def splits(self) -> dict[str, list[ImageRecord]]:
+        return {"train": self.train, "query": self.query, "gallery": self.gallery}
+
+    @property
+    def num_train_pids(self) -> int:
+        return len({r.pid for r in self.train})
+
+    @property
+    def num_cameras(self) -> int:
+        return len({r.camid for split in self.splits().values() for r in split})
+
+    def rebased(self, old_root: str | Path, new_root: str | Path) -> ReIDDataset:
+        """The same dataset with paths under `old_root` moved to `new_root` (for staged writes)."""
+        def move(records: list[ImageRecord]) -> list[ImageRecord]:
+            return [ImageRecord(str(Path(new_root) / Path(r.path).relative_to(old_root)), r.pid, r.camid)
+                    for r in records]
+        return ReIDDataset(self.name, Path(new_root), move(self.train), move(self.query), move(self.gallery))
+
+    def summary(self) -> str:
+        parts = [
+            f"{name}: {len(recs)} images, {len({r.pid for r in recs})} ids"
+            for name, recs in self.splits().items()
+        ]
+        return f"{self.name} ({self.num_cameras} cameras) — " + "; ".join(parts)
+
+
+class DatasetError(ValueError):
+    """Raised when a dataset is missing, malformed or named wrongly; the message names the culprit."""

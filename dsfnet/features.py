@@ -1,0 +1,39 @@
+"""Batched feature extraction for clustering and retrieval."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dsfnet.data.loader import ImageDataset, collate_images
+from dsfnet.data.records import ImageRecord
+from dsfnet.data.transforms import build_test_transform
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    records: Sequence[ImageRecord],
+    height: int,
+    width: int,
+    batch_size: int = 128,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    desc: str = "features",
+    progress: bool = True,
+) -> np.ndarray:
+    """L2-normalised features (N, D) of `records`, in record order."""
+    dataset = ImageDataset(records, build_test_transform(height, width))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_images)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for images, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        chunks.append(model(images.to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)

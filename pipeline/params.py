@@ -1,0 +1,146 @@
+"""The one typed loader of params.yaml: every stage reads its configuration through `load_params`.
+
+Sections that configure the method are dsfnet's own dataclasses; the rest are defined here. Unknown
+keys and wrong types are errors that name the dotted key, so a typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dsfnet.cluster import ClusterConfig
+from dsfnet.data import SyntheticConfig
+from dsfnet.models import ModelConfig
+from dsfnet.trainer import TrainConfig
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed, or holds an unknown key or a wrongly typed value."""
+
+
+@dataclass
+class DatasetParams:
+    name: str = "synthetic"
+    root: str = "data/synthetic"
+
+
+@dataclass
+class ValidateParams:
+    check_images: bool = True
+
+
+@dataclass
+class MonitorParams:
+    max_outlier_ratio: float = 0.5
+    min_clusters: int = 2
+    max_largest_cluster_ratio: float = 0.5
+    min_purity: float = 0.0
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = 128
+    max_rank: int = 50
+
+
+@dataclass
+class RegisterParams:
+    model_name: str = "dsfnet-reid"
+    alias: str = "champion"
+    min_map: float = 1.0
+
+
+@dataclass
+class MlflowParams:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "dsfnet"
+
+
+@dataclass
+class Params:
+    dataset: DatasetParams = field(default_factory=DatasetParams)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    validate: ValidateParams = field(default_factory=ValidateParams)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    monitor: MonitorParams = field(default_factory=MonitorParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+
+def _convert(value, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(a for a in options if a is not type(None))
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `5e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a new field type must be taught here
+        raise TypeError(f"params loader cannot convert {key} of type {annotation}")
+    raise ParamsError(f"{key}: expected {annotation.__name__}, got {value!r}")
+
+
+def _build(cls, data, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{prefix or 'params'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+            raise ParamsError(f"unknown key {prefix + '.' if prefix else ''}{key}{hint}")
+    kwargs = {
+        name: _convert(data[name], hints[name], f"{prefix}.{name}" if prefix else name)
+        for name in names
+        if name in data
+    }
+    return cls(**kwargs)
+
+
+def params_from_dict(data: dict) -> Params:
+    return _build(Params, data, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} does not exist (run from the project root)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from error
+    try:
+        return params_from_dict(data)
+    except ParamsError as error:
+        raise ParamsError(f"{path}: {error}") from None

@@ -1,0 +1,26 @@
+"""Where each stage reads and writes, relative to the project root (the DVC repo). dvc.yaml agrees."""
+
+from pathlib import Path
+
+PREPARED_DIR = Path("data/prepared")
+SYNTHETIC_DIR = PREPARED_DIR / "synthetic"
+MANIFEST = PREPARED_DIR / "manifest.csv"
+
+MODEL_DIR = Path("models")
+CHECKPOINT = MODEL_DIR / "model.pt"
+RUN_INFO = MODEL_DIR / "run.json"
+
+METRICS_DIR = Path("metrics")
+REPORTS_DIR = Path("reports")
+TRAIN_REPORTS = REPORTS_DIR / "train"
+EPOCH_STATS = TRAIN_REPORTS / "epochs.csv"
+EPOCH_LABELS = TRAIN_REPORTS / "labels.npz"
+VALIDATE_REPORTS = REPORTS_DIR / "validate"
+MONITOR_REPORTS = REPORTS_DIR / "monitor"
+EVALUATE_REPORTS = REPORTS_DIR / "evaluate"
+CMC_PLOT = EVALUATE_REPORTS / "cmc.csv"
+CMC_PNG = EVALUATE_REPORTS / "cmc.png"
+
+
+def metrics_file(stage: str) -> Path:
+    return METRICS_DIR / f"{stage}.json"

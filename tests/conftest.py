@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def clustered_features(num_ids: int, per_id: int, dim: int, noise: float, seed: int = 0):
+    """L2-normalised features around random identity centres, so neighbourhoods look like ReID."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_ids, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(num_ids), per_id)
+    feats = centres[labels] + noise * rng.normal(size=(labels.size, dim)) / np.sqrt(dim)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    return feats.astype(np.float32), labels
+
+
+@pytest.fixture
+def make_clustered():
+    return clustered_features
