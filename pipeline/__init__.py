@@ -12,7 +12,7 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",
-    "GE_USAGE_STATISTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
 }
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)

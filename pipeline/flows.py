@@ -7,6 +7,7 @@ runs two stages at once (DVC locks the workspace). Run it with `python -m pipeli
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -41,14 +42,14 @@ def run_dvc_stage(stage: str, project_dir: str) -> str:
     command = [sys.executable, "-m", "dvc", "repro", stage]
     logger.info("%s (in %s)", " ".join(command[2:]), project_dir)
     process = subprocess.Popen(command, cwd=project_dir, env=_stage_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+                               stderr=subprocess.STDOUT)
     lines: list[str] = []
     assert process.stdout is not None
-    for line in process.stdout:
-        line = line.rstrip()
-        if line and "\r" not in line:  # progress bars redraw with \r: keep the log readable
+    for raw in process.stdout:  # binary: split on \n only; progress bars redraw with \r
+        line = raw.decode(errors="replace").rstrip().split("\r")[-1].strip()
+        if line:
             logger.info("[%s] %s", stage, line)
-        lines.append(line)
+            lines.append(line)
     if process.wait() != 0:
         tail = "\n".join(lines[-25:])
         raise StageError(f"DVC stage {stage!r} failed (exit {process.returncode}):\n{tail}")
@@ -57,8 +58,6 @@ def run_dvc_stage(stage: str, project_dir: str) -> str:
 
 
 def read_results(project_dir: Path) -> dict[str, dict]:
-    import json
-
     results = {}
     for stage in ("validate", "train", "monitor", "evaluate", "register"):
         path = project_dir / metrics_file(stage)

@@ -25,3 +25,12 @@ def clustered_features(num_ids: int, per_id: int, dim: int, noise: float, seed: 
 @pytest.fixture
 def make_clustered():
     return clustered_features
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's own test harness: a temporary API server and database for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

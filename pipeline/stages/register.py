@@ -34,13 +34,13 @@ def _gate_failures(params: Params, evaluation: dict, monitor: dict) -> list[str]
     return failures
 
 
-def _champion_map(client: MlflowClient, name: str, alias: str) -> tuple[str | None, float | None]:
+def _champion_map(client: MlflowClient, name: str, alias: str) -> tuple[int | None, float | None]:
     try:
         champion = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None, None
     value = champion.tags.get("mAP")
-    return champion.version, (float(value) if value is not None else None)
+    return int(champion.version), (float(value) if value is not None else None)
 
 
 def register(params: Params) -> None:
@@ -70,10 +70,10 @@ def register(params: Params) -> None:
             pip_requirements=requirements(),
             registered_model_name=name,
         )
-    version = str(info.registered_model_version)
+    version = int(info.registered_model_version)
     for key in ("mAP", "rank1"):
-        client.set_model_version_tag(name, version, key, repr(float(evaluation[key])))
-    client.set_model_version_tag(name, version, "dataset", params.dataset.name)
+        client.set_model_version_tag(name, str(version), key, repr(float(evaluation[key])))
+    client.set_model_version_tag(name, str(version), "dataset", params.dataset.name)
 
     champion_version, champion_map = _champion_map(client, name, alias)
     promote = champion_map is None or evaluation["mAP"] > champion_map
@@ -87,7 +87,7 @@ def register(params: Params) -> None:
         reason = (f"mAP {evaluation['mAP']:.2f}% does not beat {alias} v{champion_version} "
                   f"({champion_map:.2f}%); {alias} unchanged")
     if promote:
-        client.set_registered_model_alias(name, alias, version)
+        client.set_registered_model_alias(name, alias, str(version))
     result.update(registered=True, version=version, alias=alias if promote else None, reason=reason,
                   champion_version=version if promote else champion_version,
                   model_uri=f"models:/{name}/{version}")

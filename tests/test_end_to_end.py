@@ -1,0 +1,168 @@
+"""All six stages through the Prefect flow, on a tiny profile, in a real git + DVC repo with MLflow (sqlite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+
+from dsfnet.checkpoint import load_checkpoint
+from dsfnet.data import read_manifest
+from dsfnet.features import extract_features
+from pipeline.flows import StageError, dsfnet_pipeline
+from pipeline.serving import encode_image
+from pipeline.stages import STAGES
+from tests.project import dvc, make_project, write_params
+from tests.test_evaluation import reference_map_cmc
+
+pytestmark = pytest.mark.e2e
+
+
+def read(project: Path, name: str) -> dict:
+    return json.loads((project / "metrics" / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, prefect_harness):
+    project = make_project(tmp_path_factory.mktemp("e2e") / "project")
+    outcome = dsfnet_pipeline(project_dir=str(project))
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return project, outcome
+
+
+def test_every_stage_ran_and_wrote_its_outputs(run):
+    project, outcome = run
+    assert outcome["stages"] == {stage: "ran" for stage in STAGES}
+    assert read(project, "validate")["success"] is True
+    train = read(project, "train")
+    assert train["epoch"] == 1 and train["num_samples"] == 10 * 2 * 3
+    assert read(project, "monitor")["passed"] is True
+    for report in ("validate/index.html", "monitor/pseudo_labels.html", "evaluate/cmc.png", "evaluate/cmc.csv",
+                   "train/epochs.csv"):
+        assert (project / "reports" / report).stat().st_size > 0, report
+    assert (project / "models" / "model.pt").is_file()
+    assert (project / "dvc.lock").is_file()
+    assert any("evaluation: mAP" in line for line in outcome["summary"])
+
+
+def test_evaluation_metrics_match_an_independent_recomputation(run):
+    project, _ = run
+    dataset = read_manifest(project / "data/prepared/manifest.csv")
+    dataset = dataset.rebased("data", project / "data")
+    model, payload = load_checkpoint(project / "models/model.pt")
+    h, w = payload["input_size"]
+    q = extract_features(model, dataset.query, h, w, progress=False)
+    g = extract_features(model, dataset.gallery, h, w, progress=False)
+    arrays = lambda rs: (np.array([r.pid for r in rs]), np.array([r.camid for r in rs]))  # noqa: E731
+    (qp, qc), (gp, gc) = arrays(dataset.query), arrays(dataset.gallery)
+    mean_ap, cmc = reference_map_cmc(1.0 - q @ g.T, qp, gp, qc, gc, max_rank=10)  # sklearn's AP
+    metrics = read(project, "evaluate")
+    assert metrics["mAP"] == pytest.approx(100 * mean_ap, abs=1e-4)
+    assert metrics["rank1"] == pytest.approx(100 * cmc[0], abs=1e-6)
+    assert metrics["rank10"] == pytest.approx(100 * cmc[9], abs=1e-6)
+    curve = pd.read_csv(project / "reports/evaluate/cmc.csv")
+    assert curve["cmc"].is_monotonic_increasing and curve["cmc"].iloc[0] == pytest.approx(metrics["rank1"])
+
+
+def test_model_is_registered_as_champion_with_lineage(run):
+    project, _ = run
+    register = read(project, "register")
+    assert register["registered"] is True and register["alias"] == "champion" and register["version"] == 1
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("dsfnet-reid", "champion")
+    assert int(champion.version) == 1
+    assert float(champion.tags["mAP"]) == pytest.approx(read(project, "evaluate")["mAP"])
+    training_run = client.get_run(champion.run_id)
+    assert training_run.data.params["train.epochs"] == "2"
+    assert training_run.data.metrics["eval.mAP"] == pytest.approx(read(project, "evaluate")["mAP"])
+    assert "monitor.purity" in training_run.data.metrics
+
+
+def test_champion_pyfunc_returns_the_library_embeddings(run):
+    project, _ = run
+    model = mlflow.pyfunc.load_model("models:/dsfnet-reid@champion")
+    dataset = read_manifest(project / "data/prepared/manifest.csv").rebased("data", project / "data")
+    records = dataset.query[:3]
+    embeddings = np.asarray(model.predict(pd.DataFrame({"image": [encode_image(r.path) for r in records]})))
+    net, payload = load_checkpoint(project / "models/model.pt")
+    expected = extract_features(net, records, *payload["input_size"], progress=False)
+    assert embeddings.shape == expected.shape
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(Exception, match="not a base64-encoded image"):
+        model.predict(pd.DataFrame({"image": ["definitely not an image"]}))
+
+
+def test_markdown_artifact_summarises_the_run(run):
+    import asyncio
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts()
+
+    markdown = [a for a in asyncio.run(artifacts()) if a.key == "dsfnet-summary"]
+    assert markdown and "evaluation: mAP" in markdown[0].data
+
+
+def test_rerun_with_nothing_changed_is_a_no_op(run):
+    project, _ = run
+    before = (project / "metrics/register.json").read_text()
+    outcome = dsfnet_pipeline(project_dir=str(project))
+    assert outcome["stages"] == {stage: "skipped" for stage in STAGES}
+    assert (project / "metrics/register.json").read_text() == before
+    status = dvc(project, "status")
+    assert "Data and pipelines are up to date" in status.stdout
+
+
+def test_a_failed_gate_refuses_registration_and_reruns_only_what_depends_on_it(run):
+    project, _ = run
+    write_params(project, monitor={"min_clusters": 10_000})
+    outcome = dsfnet_pipeline(project_dir=str(project))
+    expected = {stage: "skipped" for stage in STAGES} | {"monitor": "ran", "register": "ran"}
+    assert outcome["stages"] == expected
+    assert read(project, "monitor")["passed"] is False
+    register = read(project, "register")
+    assert register["registered"] is False and register["version"] is None
+    assert "monitor gate failed" in register["reason"]
+    versions = MlflowClient().search_model_versions("name='dsfnet-reid'")
+    assert [int(v.version) for v in versions] == [1]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        ({"name": "market1502"}, "unknown dataset 'market1502'"),
+        ({"name": "market1501", "root": "no/such/folder"}, "no/such/folder"),
+    ],
+)
+def test_bad_dataset_params_stop_the_flow_at_prepare(tmp_path, prefect_harness, dataset, message):
+    project = make_project(tmp_path / "project", dataset=dataset)
+    with pytest.raises(StageError, match="prepare") as error:
+        dsfnet_pipeline(project_dir=str(project))
+    assert message in str(error.value)
+    assert not (project / "metrics/register.json").exists()
+    assert not (project / "models").exists()
+
+
+def test_an_undecodable_image_stops_the_flow_at_validate(tmp_path, prefect_harness):
+    # a user's Market-1501-layout folder with one corrupt file in it
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+
+    root = tmp_path / "market"
+    generate_synthetic(root, SyntheticConfig(num_train_ids=4, num_test_ids=3, num_cameras=3, cameras_per_id=2,
+                                             images_per_camera=2, height=32, width=16), progress=False)
+    broken = sorted((root / "query").glob("*.jpg"))[0]
+    broken.write_bytes(b"\xff\xd8 truncated")
+    project = make_project(tmp_path / "project", dataset={"name": "market1501", "root": str(root)})
+    with pytest.raises(StageError, match="validate") as error:
+        dsfnet_pipeline(project_dir=str(project))
+    assert broken.name in str(error.value) and "does not decode" in str(error.value)
+    assert read(project, "validate")["undecodable_images"] == 1
+    assert not (project / "models").exists()
+    assert not (project / "metrics/register.json").exists()

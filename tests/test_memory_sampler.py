@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dsfnet.data.loader import CameraAwarePKSampler
+from dsfnet.memory import ClusterMemory
+from dsfnet.trainer import label_quality
+
+
+def test_centroids_are_normalised_cluster_means_ignoring_outliers():
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0], [-1.0, 0.0]])
+    memory = ClusterMemory.from_labels(feats, torch.tensor([0, 0, -1, 1]))
+    expected = F.normalize(torch.tensor([[0.5, 0.5], [-1.0, 0.0]]), dim=1)
+    torch.testing.assert_close(memory.features, expected)
+
+
+def test_cluster_nce_and_sequential_momentum_update():
+    torch.manual_seed(0)
+    centroids = F.normalize(torch.randn(5, 8), dim=1)
+    memory = ClusterMemory(centroids, temperature=0.05, momentum=0.1)
+    inputs = torch.randn(3, 8, requires_grad=True)
+    targets = torch.tensor([2, 2, 4])
+    loss = memory(inputs, targets)
+    x = F.normalize(inputs.detach(), dim=1)
+    expected_loss = F.cross_entropy(x @ centroids.T / 0.05, targets)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-6)
+    loss.backward()  # the update must not break autograd
+    assert inputs.grad is not None
+    c2 = F.normalize(0.1 * centroids[2] + 0.9 * x[0], dim=0)
+    c2 = F.normalize(0.1 * c2 + 0.9 * x[1], dim=0)
+    torch.testing.assert_close(memory.features[2], c2)
+    torch.testing.assert_close(memory.features[0], centroids[0])
+
+
+def test_sampler_takes_k_per_identity_from_distinct_cameras_first():
+    labels = [0] * 6 + [1] * 2
+    camids = [0, 0, 0, 1, 2, 3] + [1, 1]
+    sampler = CameraAwarePKSampler(labels, camids, num_instances=4, seed=3)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 8
+    for start in (0, 4):
+        group = order[start : start + 4]
+        group_labels = {labels[i] for i in group}
+        assert len(group_labels) == 1
+        if group_labels == {0}:
+            assert len({camids[i] for i in group}) == 4  # four cameras available: one image each
+        else:
+            assert set(group) == {6, 7}  # a two-image cluster is repeated to K
+
+
+def test_label_quality_purity():
+    labels = np.array([0, 0, 0, 1, 1, -1])
+    truth = np.array([5, 5, 6, 7, 7, 9])
+    quality = label_quality(labels, truth)
+    assert quality["purity"] == pytest.approx(4 / 5)
+    assert label_quality(np.array([-1, -1]), np.array([1, 2]))["purity"] == 0.0
