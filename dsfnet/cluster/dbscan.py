@@ -9,7 +9,6 @@ import numpy as np
 from sklearn.cluster import DBSCAN
 
 from dsfnet.cluster.jaccard import jaccard_distance
-from dsfnet.cluster.knn import knn_search  # noqa: F401 - re-exported seam for timing kNN separately
 
 
 @dataclass
@@ -36,12 +35,9 @@ class PseudoLabels:
 
 def dbscan_labels(distance, eps: float, min_samples: int) -> np.ndarray:
     """DBSCAN on a precomputed (dense or sparse) distance; outliers -1, clusters 0..C-1."""
+    # scikit-learn numbers clusters 0..C-1 in order of discovery: already contiguous
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=-1).fit_predict(distance)
-    # DBSCAN numbers clusters contiguously already; make it explicit so consumers may rely on it.
-    kept = np.unique(labels[labels >= 0])
-    remap = np.full(int(labels.max()) + 2 if labels.size else 1, -1, dtype=np.int64)
-    remap[kept] = np.arange(kept.size)
-    return np.where(labels >= 0, remap[labels], -1)
+    return labels.astype(np.int64)
 
 
 def cluster_features(features: np.ndarray, config: ClusterConfig) -> PseudoLabels:

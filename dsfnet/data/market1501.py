@@ -23,11 +23,14 @@ def parse_market_name(name: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2)) - 1
 
 
-def _read_split(directory: Path, drop_distractors: bool) -> list[ImageRecord]:
+def _read_split(directory: Path, drop_distractors: bool, rejected: list[tuple[str, str]]) -> list[ImageRecord]:
     if not directory.is_dir():
         raise DatasetError(f"expected folder {directory} (Market-1501 layout) does not exist")
     records = []
-    for path in sorted(directory.glob("*.jpg")):
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if path.suffix != ".jpg":  # the reference loaders glob *.jpg; anything else is reported, not read
+            rejected.append((str(path), f"unexpected extension {path.suffix or '(none)'!r}, expected '.jpg'"))
+            continue
         pid, camid = parse_market_name(path.name)
         if pid == -1 or (drop_distractors and pid == 0):
             continue
@@ -44,10 +47,12 @@ def read_market1501(root: str | Path, name: str = "market1501") -> ReIDDataset:
         if (candidate / SPLIT_DIRS["train"]).is_dir():
             root = candidate
             break
+    rejected: list[tuple[str, str]] = []
     return ReIDDataset(
         name=name,
         root=root,
-        train=_read_split(root / SPLIT_DIRS["train"], drop_distractors=True),
-        query=_read_split(root / SPLIT_DIRS["query"], drop_distractors=True),
-        gallery=_read_split(root / SPLIT_DIRS["gallery"], drop_distractors=False),
+        train=_read_split(root / SPLIT_DIRS["train"], drop_distractors=True, rejected=rejected),
+        query=_read_split(root / SPLIT_DIRS["query"], drop_distractors=True, rejected=rejected),
+        gallery=_read_split(root / SPLIT_DIRS["gallery"], drop_distractors=False, rejected=rejected),
+        rejected=rejected,
     )

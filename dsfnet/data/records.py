@@ -24,13 +24,11 @@ class ReIDDataset:
     train: list[ImageRecord] = field(default_factory=list)
     query: list[ImageRecord] = field(default_factory=list)
     gallery: list[ImageRecord] = field(default_factory=list)
+    # files found where images belong but not read as images (e.g. unexpected extension): (path, reason)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
     def splits(self) -> dict[str, list[ImageRecord]]:
         return {"train": self.train, "query": self.query, "gallery": self.gallery}
-
-    @property
-    def num_train_pids(self) -> int:
-        return len({r.pid for r in self.train})
 
     @property
     def num_cameras(self) -> int:
@@ -41,7 +39,9 @@ class ReIDDataset:
         def move(records: list[ImageRecord]) -> list[ImageRecord]:
             return [ImageRecord(str(Path(new_root) / Path(r.path).relative_to(old_root)), r.pid, r.camid)
                     for r in records]
-        return ReIDDataset(self.name, Path(new_root), move(self.train), move(self.query), move(self.gallery))
+        rejected = [(str(Path(new_root) / Path(p).relative_to(old_root)), why) for p, why in self.rejected]
+        return ReIDDataset(self.name, Path(new_root), move(self.train), move(self.query), move(self.gallery),
+                           rejected)
 
     def summary(self) -> str:
         parts = [
