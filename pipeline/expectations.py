@@ -1,13 +1,16 @@
-"""The great-expectations suite over the dataset manifest.
+"""The great-expectations suites over the dataset: the manifest, and the files the reader refused.
 
-Checks that need more than one row (cross-camera matches, train/test id overlap, image decoding) are
-computed here as derived columns, so each failing row is reported by path in the validation result.
+Checks that need more than one row or the image bytes (cross-camera matches, train/test identity overlap,
+decoding, duplicates across splits, identity and camera sizes) are computed here as derived columns, so
+every failing row is reported by path in the validation result and in the data docs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import great_expectations as gx
@@ -17,38 +20,57 @@ from PIL import Image
 from tqdm import tqdm
 
 from dsfnet.data.market1501 import MARKET_NAME
+from pipeline.params import ValidateParams
 
 MARKET_LAYOUT_DATASETS = {"market1501", "synthetic"}
+CAMERAS_PER_DATASET = {"market1501": 6, "msmt17": 15, "personx": 6, "veri776": 20}
 MAX_BAD_ROWS_SHOWN = 10
-MEANING = {  # what a failure on a derived column means, in the user's words
-    "decodes": "image file is missing or does not decode",
-    "has_cross_camera_match": "query identity has no gallery image from another camera",
-    "id_in_train_and_test": "identity appears in both train and test",
-    "file_name": "file name does not follow PPPP_cCsS_FFFFFF_BB.jpg",
-}
+SPLITS = ["train", "query", "gallery"]
 
 
-def _decodes(path: str) -> bool:
+@dataclass
+class ImageFacts:
+    size_bytes: int = -1
+    decodes: bool = False
+    width: int = 0
+    height: int = 0
+    digest: str = ""
+
+
+def inspect_image(path: str, decode: bool) -> ImageFacts:
+    """Size, decodability, dimensions and content hash of one file (one read of its bytes)."""
+    facts = ImageFacts()
     try:
-        with Image.open(path) as image:
-            image.load()
-        return True
-    except Exception:  # any decoder error means the file is unusable  # noqa: BLE001
-        return False
+        data = Path(path).read_bytes()
+    except OSError:
+        return facts
+    facts.size_bytes = len(data)
+    facts.digest = hashlib.md5(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            facts.width, facts.height = image.size
+            if decode:
+                image.load()  # a truncated JPEG fails here, not at open
+        facts.decodes = True
+    except Exception:  # noqa: BLE001 - any decoder error means the file is unusable
+        facts.decodes = False
+    return facts
 
 
-def derive_columns(manifest: pd.DataFrame, check_images: bool) -> pd.DataFrame:
+def derive_columns(manifest: pd.DataFrame, params: ValidateParams) -> pd.DataFrame:
     frame = manifest.copy()
     frame["file_name"] = frame["path"].astype(str).map(os.path.basename)
-    if check_images:
-        frame["decodes"] = [_decodes(p) for p in tqdm(frame["path"].astype(str), desc="decode images")]
-    else:
-        frame["decodes"] = frame["path"].astype(str).map(os.path.isfile)
+    facts = [inspect_image(p, params.check_images) for p in tqdm(frame["path"].astype(str), desc="inspect images")]
+    for column in ("size_bytes", "decodes", "width", "height"):
+        frame[column] = [getattr(f, column) for f in facts]
+    digests = pd.Series([f.digest for f in facts], index=frame.index)
+    splits_per_digest = frame.assign(digest=digests).groupby("digest")["split"].nunique()
+    frame["duplicate_across_splits"] = [bool(d) and splits_per_digest[d] > 1 for d in digests]
+
     test = frame[frame["split"].isin(["query", "gallery"])]
     train_ids = set(frame.loc[frame["split"] == "train", "pid"])
     test_ids = set(test.loc[test["pid"] > 0, "pid"])  # pid 0 are distractors, never identities
-    gallery = frame[frame["split"] == "gallery"]
-    gallery_cams = gallery.groupby("pid")["camid"].agg(set).to_dict()
+    gallery_cams = frame[frame["split"] == "gallery"].groupby("pid")["camid"].agg(set).to_dict()
     frame["has_cross_camera_match"] = [
         split != "query" or bool(gallery_cams.get(pid, set()) - {cam})
         for split, pid, cam in zip(frame["split"], frame["pid"], frame["camid"], strict=True)
@@ -57,28 +79,75 @@ def derive_columns(manifest: pd.DataFrame, check_images: bool) -> pd.DataFrame:
         pid in (test_ids if split == "train" else train_ids) and pid > 0
         for split, pid in zip(frame["split"], frame["pid"], strict=True)
     ]
+    per_identity = frame.groupby(["split", "pid"])["path"].transform("size")
+    median = frame.groupby("split")["pid"].transform(lambda pids: pids.value_counts().median())
+    frame["identity_size_ratio"] = (per_identity / median).where(frame["pid"] > 0, 1.0)
+    frame["camera_images"] = frame.groupby(["split", "camid"])["path"].transform("size")
     return frame
 
 
-def build_suite(frame: pd.DataFrame, dataset_name: str) -> gx.ExpectationSuite:
-    num_cameras = int(frame["camid"].nunique()) if len(frame) else 1
-    suite = gx.ExpectationSuite(name="manifest")
-    for column in ("path", "pid", "camid", "split"):
-        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "query", "gallery"]))
-    suite.add_expectation(gxe.ExpectColumnDistinctValuesToContainSet(
-        column="split", value_set=["train", "query", "gallery"]))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="pid", min_value=0, max_value=99_999))
-    # camera ids are 0-based and contiguous: the largest is the number of cameras minus one
-    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="camid", min_value=0,
-                                                            max_value=num_cameras - 1))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="path"))
+@dataclass
+class Check:
+    key: str  # stable name in metrics/validate.json
+    expectation: gxe.Expectation
+
+
+def manifest_checks(frame: pd.DataFrame, dataset_name: str, num_cameras: int | None,
+                    params: ValidateParams) -> list[Check]:
+    cameras = num_cameras or (int(frame["camid"].max()) + 1 if len(frame) else 1)
+    checks = [
+        Check(f"not_null_{c}", gxe.ExpectColumnValuesToNotBeNull(column=c, description=f"{c} is missing"))
+        for c in ("path", "pid", "camid", "split")
+    ]
+    checks += [
+        Check("split_names", gxe.ExpectColumnValuesToBeInSet(
+            column="split", value_set=SPLITS, description="split is not train, query or gallery")),
+        Check("no_empty_split", gxe.ExpectColumnDistinctValuesToContainSet(
+            column="split", value_set=SPLITS, description="a split (train, query or gallery) is empty")),
+        Check("pid_range", gxe.ExpectColumnValuesToBeBetween(
+            column="pid", min_value=0, max_value=99_999, description="pid outside 0..99999")),
+        Check("camid_range", gxe.ExpectColumnValuesToBeBetween(
+            column="camid", min_value=0, max_value=cameras - 1,
+            description=f"camera id outside the dataset's {cameras} cameras (0..{cameras - 1})")),
+        Check("unique_paths", gxe.ExpectColumnValuesToBeUnique(
+            column="path", description="the same file is listed twice")),
+        Check("non_empty_files", gxe.ExpectColumnValuesToBeBetween(
+            column="size_bytes", min_value=1, description="file is missing or has zero bytes")),
+        Check("images_decode", gxe.ExpectColumnValuesToBeInSet(
+            column="decodes", value_set=[True], description="image does not decode (corrupt or truncated)")),
+        Check("width_range", gxe.ExpectColumnValuesToBeBetween(
+            column="width", min_value=params.min_side, max_value=params.max_side,
+            description=f"image width far outside {params.min_side}..{params.max_side} px")),
+        Check("height_range", gxe.ExpectColumnValuesToBeBetween(
+            column="height", min_value=params.min_side, max_value=params.max_side,
+            description=f"image height far outside {params.min_side}..{params.max_side} px")),
+        Check("no_duplicates_across_splits", gxe.ExpectColumnValuesToBeInSet(
+            column="duplicate_across_splits", value_set=[False],
+            description="the same image bytes appear in more than one split")),
+        Check("query_has_cross_camera_match", gxe.ExpectColumnValuesToBeInSet(
+            column="has_cross_camera_match", value_set=[True],
+            description="query identity has no gallery image from another camera")),
+        Check("train_test_ids_disjoint", gxe.ExpectColumnValuesToBeInSet(
+            column="id_in_train_and_test", value_set=[False],
+            description="identity appears in both train and test")),
+        Check("identity_sizes", gxe.ExpectColumnValuesToBeBetween(
+            column="identity_size_ratio", max_value=params.max_identity_size_ratio, severity="warning",
+            description=f"identity has over {params.max_identity_size_ratio}x the median images of its split")),
+        Check("camera_sizes", gxe.ExpectColumnValuesToBeBetween(
+            column="camera_images", min_value=params.min_images_per_camera, severity="warning",
+            description=f"camera has fewer than {params.min_images_per_camera} images in this split")),
+    ]
     if dataset_name in MARKET_LAYOUT_DATASETS:
-        suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column="file_name", regex=MARKET_NAME.pattern))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="has_cross_camera_match", value_set=[True]))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="id_in_train_and_test", value_set=[False]))
-    return suite
+        checks.append(Check("market_file_names", gxe.ExpectColumnValuesToMatchRegex(
+            column="file_name", regex=MARKET_NAME.pattern,
+            description="file name does not follow PPPP_cCsS_FFFFFF_BB.jpg")))
+    return checks
+
+
+def rejected_checks() -> list[Check]:
+    """Every file the reader refused (bad name, extension, camera) is a failing row, named with its reason."""
+    return [Check("no_rejected_files", gxe.ExpectColumnValuesToBeNull(
+        column="reason", description="file in a dataset folder that the reader could not use"))]
 
 
 @dataclass
@@ -86,54 +155,67 @@ class ValidationOutcome:
     success: bool
     evaluated: int
     failed: int
-    problems: list[str]  # one line per failed expectation, naming the bad rows
+    problems: list[str]  # one line per failed critical expectation, naming the bad rows
+    warnings: list[str]  # the same for warning-level expectations (reported, not fatal)
+    results: dict[str, dict] = field(default_factory=dict)  # per check: success, unexpected, severity
 
 
-def _describe_failure(result) -> str:
+def _describe(result, reasons: dict[str, str]) -> str:
     config = result.expectation_config
-    column = config.kwargs.get("column", "")
     details = result.result or {}
     rows = [row.get("path") for row in details.get("unexpected_index_list") or [] if isinstance(row, dict)]
     count = details.get("unexpected_count", len(rows))
-    shown = ", ".join(str(r) for r in rows[:MAX_BAD_ROWS_SHOWN])
+    if not rows:
+        return f"{config.description} (observed: {details.get('observed_value')})"
+    shown = ", ".join(f"{r} ({reasons[r]})" if r in reasons else str(r) for r in rows[:MAX_BAD_ROWS_SHOWN])
     more = f" (+{len(rows) - MAX_BAD_ROWS_SHOWN} more)" if len(rows) > MAX_BAD_ROWS_SHOWN else ""
-    where = f"; bad rows: {shown}{more}" if rows else ""
-    what = MEANING.get(column, f"{config.type} on column {column!r}")
-    return f"{what}: {count} row(s){where}"
+    return f"{config.description}: {count} row(s): {shown}{more}"
 
 
-def validate_manifest(frame: pd.DataFrame, dataset_name: str, docs_dir: Path) -> ValidationOutcome:
-    """Run the suite through a GX checkpoint and build its data docs into `docs_dir`."""
-    context = gx.get_context(mode="ephemeral")
-    context.add_data_docs_site(
-        site_name="reports",
-        site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(Path(docs_dir).resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        },
-    )
+def validate_dataset(frame: pd.DataFrame, rejected: pd.DataFrame, dataset_name: str, num_cameras: int | None,
+                     params: ValidateParams, context_dir: Path, docs_dir: Path) -> ValidationOutcome:
+    """Run both suites through one GX checkpoint (file-backed context), data docs into `docs_dir`."""
+    context = gx.get_context(mode="file", project_root_dir=str(context_dir))
     for site in list(context.get_site_names()):
-        if site != "reports":
-            context.delete_data_docs_site(site)
-    asset = context.data_sources.add_pandas("manifest").add_dataframe_asset("manifest")
-    batch_definition = asset.add_batch_definition_whole_dataframe("all rows")
-    suite = context.suites.add(build_suite(frame, dataset_name))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="manifest", data=batch_definition, suite=suite))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="manifest",
-        validation_definitions=[definition],
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data docs", site_names=["reports"])],
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
-    ))
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
-    validation = next(iter(result.run_results.values()))
-    failures = [r for r in validation.results if not r.success]
-    return ValidationOutcome(
-        success=bool(result.success),
-        evaluated=len(validation.results),
-        failed=len(failures),
-        problems=[_describe_failure(r) for r in failures],
-    )
+        context.delete_data_docs_site(site)
+    context.add_data_docs_site(site_name="reports", site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    source = context.data_sources.add_pandas("dataset")
+    checks = {"manifest": manifest_checks(frame, dataset_name, num_cameras, params), "rejected": rejected_checks()}
+    definitions, keys = [], {}
+    for name, suite_checks in checks.items():
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all rows")
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=[c.expectation for c in suite_checks]))
+        for check in suite_checks:
+            keys[(name, check.expectation.description)] = check.key
+        definitions.append(context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)))
+    outcome = ValidationOutcome(success=True, evaluated=0, failed=0, problems=[], warnings=[])
+    reasons = dict(zip(rejected["path"], rejected["reason"], strict=True))
+    for definition, data in zip(definitions, (frame, rejected), strict=True):
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=definition.name, validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data docs", site_names=["reports"])],
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
+        ))
+        validation = next(iter(checkpoint.run(batch_parameters={"dataframe": data}).run_results.values()))
+        for result in validation.results:
+            config = result.expectation_config
+            severity = getattr(config.severity, "value", str(config.severity))
+            outcome.evaluated += 1
+            outcome.results[keys[(definition.name, config.description)]] = {
+                "success": bool(result.success), "severity": severity,
+                "unexpected": int((result.result or {}).get("unexpected_count", 0) or 0),
+            }
+            if result.success:
+                continue
+            if severity == "critical":
+                outcome.failed += 1
+                outcome.problems.append(_describe(result, reasons))
+            else:
+                outcome.warnings.append(_describe(result, reasons))
+    outcome.success = outcome.failed == 0
+    return outcome

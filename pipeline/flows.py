@@ -28,7 +28,7 @@ class StageError(RuntimeError):
     """A DVC stage exited non-zero; the message carries the end of its output."""
 
 
-def _stage_env() -> dict[str, str]:
+def stage_env() -> dict[str, str]:
     """Stage commands say `python -m ...`: make that the interpreter running this flow."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -41,7 +41,7 @@ def run_dvc_stage(stage: str, project_dir: str) -> str:
     logger = get_run_logger()
     command = [sys.executable, "-m", "dvc", "repro", stage]
     logger.info("%s (in %s)", " ".join(command[2:]), project_dir)
-    process = subprocess.Popen(command, cwd=project_dir, env=_stage_env(), stdout=subprocess.PIPE,
+    process = subprocess.Popen(command, cwd=project_dir, env=stage_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     lines: list[str] = []
     assert process.stdout is not None

@@ -28,12 +28,16 @@ class ParamsError(ValueError):
 @dataclass
 class DatasetParams:
     name: str = "synthetic"
-    root: str = "data/synthetic"
+    root: str | None = None
 
 
 @dataclass
 class ValidateParams:
-    check_images: bool = True
+    check_images: bool = True  # fully decode every image (catches truncated files; ~3 ms an image)
+    min_side: int = 16  # image width/height outside [min_side, max_side] px is an error
+    max_side: int = 4096
+    max_identity_size_ratio: float = 10.0  # warning: an identity with this many times the median images
+    min_images_per_camera: int = 5  # warning: a camera with fewer images in a split
 
 
 @dataclass

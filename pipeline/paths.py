@@ -5,6 +5,7 @@ from pathlib import Path
 PREPARED_DIR = Path("data/prepared")
 SYNTHETIC_DIR = PREPARED_DIR / "synthetic"
 MANIFEST = PREPARED_DIR / "manifest.csv"
+REJECTED = PREPARED_DIR / "rejected.csv"  # files found in dataset folders that the reader could not use
 
 MODEL_DIR = Path("models")
 CHECKPOINT = MODEL_DIR / "model.pt"
@@ -15,6 +16,8 @@ REPORTS_DIR = Path("reports")
 TRAIN_REPORTS = REPORTS_DIR / "train"
 EPOCH_STATS = TRAIN_REPORTS / "epochs.csv"
 EPOCH_LABELS = TRAIN_REPORTS / "labels.npz"
+PREPARE_REPORTS = REPORTS_DIR / "prepare"
+CONTACT_SHEET = PREPARE_REPORTS / "contact_sheet.png"
 VALIDATE_REPORTS = REPORTS_DIR / "validate"
 MONITOR_REPORTS = REPORTS_DIR / "monitor"
 EVALUATE_REPORTS = REPORTS_DIR / "evaluate"

@@ -15,8 +15,7 @@ COPIED = ["dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignor
 
 # Seconds, not minutes, on 2 cores: a few identities, tiny images, 2 short epochs.
 TINY_PROFILE = {
-    "synthetic": {"num_train_ids": 10, "num_test_ids": 6, "num_cameras": 3, "cameras_per_id": 2,
-                  "images_per_camera": 3, "height": 64, "width": 32},
+    "synthetic": {"profile": "tiny", "height": 64, "width": 32},
     "train": {"epochs": 2, "iters": 3, "batch_size": 16, "height": 32, "width": 16, "workers": 0,
               "feature_batch_size": 64},
     "cluster": {"k1": 10, "k2": 3, "eps": 0.5, "min_samples": 3},
@@ -60,4 +59,8 @@ def make_project(dest: Path, **sections) -> Path:
 
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True)
+    """DVC as a user runs it, with this interpreter's environment first on PATH (stages call `python`)."""
+    from pipeline.flows import stage_env
+
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                          env=stage_env())

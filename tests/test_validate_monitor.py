@@ -1,69 +1,156 @@
-"""The great-expectations suite and the evidently gate, on real data frames and real tools."""
+"""The validate stage (great-expectations) on real corrupted file trees, and the evidently gate."""
+
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from PIL import Image
 
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.trainer import label_quality
-from pipeline.expectations import derive_columns, validate_manifest
+from pipeline.cli import StageFailed
 from pipeline.monitoring import run_monitor_report, sample_frame
-from pipeline.params import MonitorParams
+from pipeline.params import MonitorParams, params_from_dict
+from pipeline.stages.prepare import prepare
+from pipeline.stages.validate import validate
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> pd.DataFrame:
-    root = tmp_path_factory.mktemp("synthetic")
-    config = SyntheticConfig(num_train_ids=4, num_test_ids=3, num_cameras=3, cameras_per_id=2,
-                             images_per_camera=2, height=32, width=16)
-    dataset = generate_synthetic(root, config, progress=False)
-    rows = [(r.path, r.pid, r.camid, split) for split, recs in dataset.splits().items() for r in recs]
-    return pd.DataFrame(rows, columns=["path", "pid", "camid", "split"])
+def market_tree(tmp_path_factory) -> Path:
+    """A clean Market-1501-layout folder (synthetic images, real-format names) to corrupt per test."""
+    root = tmp_path_factory.mktemp("market")
+    config = SyntheticConfig(profile="tiny", num_train_ids=6, num_test_ids=4, num_cameras=3, cameras_per_id=2,
+                             images_per_camera=3, num_distractors=2, num_junk=1, height=64, width=32)
+    generate_synthetic(root, config, progress=False)
+    return root
 
 
-def _validate(frame, tmp_path):
-    return validate_manifest(derive_columns(frame, check_images=True), "synthetic", tmp_path / "docs")
+def run_validation(tree: Path, workdir: Path, monkeypatch, **validate_params):
+    """The real prepare + validate stages on `tree`, as `dvc repro` would run them."""
+    monkeypatch.chdir(workdir)
+    params = params_from_dict({"dataset": {"name": "market1501", "root": str(tree)},
+                               "validate": {"min_images_per_camera": 1, **validate_params}})
+    prepare(params)
+    try:
+        validate(params)
+    except StageFailed as error:
+        return str(error), json.loads((workdir / "metrics/validate.json").read_text())
+    return "", json.loads((workdir / "metrics/validate.json").read_text())
 
 
-def test_clean_manifest_passes_and_writes_data_docs(manifest, tmp_path):
-    outcome = _validate(manifest, tmp_path)
-    assert outcome.success and outcome.failed == 0 and outcome.evaluated >= 10
-    assert (tmp_path / "docs" / "index.html").is_file()
+@pytest.fixture
+def tree(market_tree, tmp_path) -> Path:
+    copy = tmp_path / "dataset"
+    shutil.copytree(market_tree, copy)
+    return copy
 
 
-def test_undecodable_image_is_named(manifest, tmp_path):
-    bad = tmp_path / "0099_c1s1_000000_00.jpg"
-    bad.write_bytes(b"not a jpeg")
-    frame = manifest.copy()
-    frame.loc[0, "path"] = str(bad)
-    outcome = _validate(frame, tmp_path)
-    assert not outcome.success
-    assert any("does not decode" in p and str(bad) in p for p in outcome.problems)
+def first(tree: Path, folder: str, pattern: str = "[0-9]*.jpg") -> Path:
+    return sorted((tree / folder).glob(pattern))[0]
 
 
-def test_query_without_cross_camera_match_and_id_overlap_are_caught(manifest, tmp_path):
-    frame = manifest.copy()
-    query = frame.index[frame["split"] == "query"][0]
-    pid, cam = frame.loc[query, ["pid", "camid"]]
-    gallery_rows = (frame["split"] == "gallery") & (frame["pid"] == pid)
-    frame = frame[~gallery_rows | (frame["camid"] == cam)]  # leave only same-camera gallery images
-    train_row = frame.index[frame["split"] == "train"][0]
-    frame.loc[train_row, "pid"] = pid  # a test identity leaks into train
-    outcome = _validate(frame, tmp_path)
-    problems = "\n".join(outcome.problems)
-    assert "no gallery image from another camera" in problems
-    assert frame.loc[query, "path"] in problems
-    assert "both train and test" in problems and frame.loc[train_row, "path"] in problems
+def test_clean_dataset_passes_and_writes_data_docs(tree, tmp_path, monkeypatch):
+    message, metrics = run_validation(tree, tmp_path, monkeypatch)
+    assert message == "" and metrics["success"] is True
+    assert metrics["train_ids"] == 6 and metrics["query_ids"] == 4 and metrics["gallery_distractors"] == 2
+    assert metrics["expectations"]["images_decode"] == {"success": True, "severity": "critical", "unexpected": 0}
+    assert (tmp_path / "reports/validate/index.html").is_file()
+    assert (tmp_path / "reports/prepare/contact_sheet.png").is_file()
 
 
-def test_bad_file_name_and_camera_range(manifest, tmp_path):
-    frame = manifest.copy()
-    frame.loc[1, "camid"] = 17
-    frame.loc[2, "path"] = frame.loc[2, "path"].replace(".jpg", "_x.jpg")
-    outcome = _validate(frame, tmp_path)
-    problems = "\n".join(outcome.problems)
-    assert "file name does not follow" in problems
-    assert "camid" in problems
+def corrupt_undecodable(tree):
+    bad = first(tree, "query")
+    bad.write_bytes(b"this is not a jpeg")
+    return bad, "does not decode"
+
+
+def corrupt_truncated(tree):
+    bad = first(tree, "bounding_box_test")
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])
+    return bad, "does not decode"
+
+
+def corrupt_zero_bytes(tree):
+    bad = first(tree, "bounding_box_train")
+    bad.write_bytes(b"")
+    return bad, "zero bytes"
+
+
+def corrupt_file_name(tree):
+    bad = first(tree, "bounding_box_train").rename(tree / "bounding_box_train" / "person_one.jpg")
+    return bad, "does not follow PPPP_cCsS_FFFFFF_BB.jpg"
+
+
+def corrupt_extension(tree):
+    source = first(tree, "bounding_box_train")
+    bad = source.with_suffix(".png")
+    source.rename(bad)
+    return bad, "unexpected extension '.png'"
+
+
+def corrupt_image_size(tree):
+    bad = first(tree, "bounding_box_train")
+    Image.new("RGB", (8000, 16000)).save(bad)
+    return bad, "far outside"
+
+
+def corrupt_duplicate_across_splits(tree):
+    source, bad = first(tree, "bounding_box_train"), first(tree, "bounding_box_test")
+    bad.write_bytes(source.read_bytes())
+    return bad, "same image bytes appear in more than one split"
+
+
+def corrupt_id_in_train_and_test(tree):
+    train = first(tree, "bounding_box_train")
+    query_pid = first(tree, "query").name[:4]
+    bad = train.rename(train.with_name(query_pid + train.name[4:]))
+    return bad, "both train and test"
+
+
+def corrupt_no_cross_camera_match(tree):
+    bad = first(tree, "query")
+    pid, cam = bad.name[:4], bad.name[5:7]
+    for gallery in (tree / "bounding_box_test").glob(f"{pid}_c*.jpg"):
+        if gallery.name[5:7] != cam:
+            gallery.unlink()
+    return bad, "no gallery image from another camera"
+
+
+def corrupt_camera_range(tree):
+    source = first(tree, "bounding_box_test")
+    bad = source.with_name(source.name[:6] + "9" + source.name[7:])  # camera 9: Market-1501 has six
+    source.rename(bad)
+    return bad, "camera id outside the dataset's 6 cameras"
+
+
+@pytest.mark.parametrize("corrupt", [
+    corrupt_undecodable, corrupt_truncated, corrupt_zero_bytes, corrupt_file_name, corrupt_extension,
+    corrupt_image_size, corrupt_duplicate_across_splits, corrupt_id_in_train_and_test,
+    corrupt_no_cross_camera_match, corrupt_camera_range,
+])
+def test_each_kind_of_bad_input_fails_and_names_the_file(tree, tmp_path, monkeypatch, corrupt):
+    bad, meaning = corrupt(tree)
+    message, metrics = run_validation(tree, tmp_path, monkeypatch)
+    assert metrics["success"] is False
+    assert meaning in message and bad.name in message, message
+
+
+def test_empty_split_fails(tree, tmp_path, monkeypatch):
+    for path in (tree / "query").iterdir():
+        path.unlink()
+    message, _ = run_validation(tree, tmp_path, monkeypatch)
+    assert "a split (train, query or gallery) is empty" in message
+
+
+def test_skewed_identities_and_small_cameras_only_warn(tree, tmp_path, monkeypatch, caplog):
+    message, metrics = run_validation(tree, tmp_path, monkeypatch, min_images_per_camera=1000,
+                                      max_identity_size_ratio=0.5)
+    assert message == "" and metrics["success"] is True and metrics["warnings"] == 2
+    assert metrics["expectations"]["camera_sizes"]["success"] is False
+    assert metrics["expectations"]["identity_sizes"]["severity"] == "warning"
+    assert "fewer than 1000 images" in caplog.text
 
 
 def test_sample_frame_agrees_with_trainer_purity():

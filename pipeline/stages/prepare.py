@@ -1,24 +1,28 @@
 """Stage `prepare`: materialise the dataset named in params.yaml and write its manifest.
 
 `synthetic` is generated into data/prepared/synthetic; a real dataset is read in place from
-`dataset.root` and only its manifest is written.
+`dataset.root` and only its manifest is written. Files the reader could not use go to rejected.csv
+for the validate stage to report. A contact sheet shows a few identities across cameras.
 """
 
 from __future__ import annotations
 
 import logging
 
+import pandas as pd
+
 from dsfnet.data import DatasetError, available_datasets, generate_synthetic, load_dataset, write_manifest
+from dsfnet.data.contact_sheet import contact_sheet
 from pipeline.cli import run_stage
-from pipeline.io import staged_dir
+from pipeline.io import staged_dir, write_csv
 from pipeline.params import Params
-from pipeline.paths import MANIFEST, PREPARED_DIR, SYNTHETIC_DIR
+from pipeline.paths import CONTACT_SHEET, MANIFEST, PREPARED_DIR, REJECTED, SYNTHETIC_DIR
 
 log = logging.getLogger(__name__)
 
 
 def prepare(params: Params) -> None:
-    """Materialise the dataset and write data/prepared/manifest.csv."""
+    """Materialise the dataset; write data/prepared/ and reports/prepare/contact_sheet.png."""
     name, root = params.dataset.name, params.dataset.root
     if name not in available_datasets():
         raise DatasetError(f"params.yaml dataset.name: unknown dataset {name!r}; "
@@ -34,11 +38,17 @@ def prepare(params: Params) -> None:
                 dataset = load_dataset(name, root)
             except DatasetError as error:
                 raise DatasetError(f"params.yaml dataset.root={root!r}: {error}") from None
-        if not dataset.train or not dataset.query or not dataset.gallery:
-            raise DatasetError(f"dataset {name!r} at {dataset.root} has an empty split: {dataset.summary()}")
         write_manifest(dataset, staging / MANIFEST.name)
+        write_csv(staging / REJECTED.name, pd.DataFrame(dataset.rejected, columns=["path", "reason"]))
     log.info("%s", dataset.summary())
-    log.info("manifest written to %s", MANIFEST)
+    if dataset.rejected:
+        log.warning("%d file(s) could not be read as images of %s; validate will list them",
+                    len(dataset.rejected), name)
+    CONTACT_SHEET.parent.mkdir(parents=True, exist_ok=True)
+    tmp = CONTACT_SHEET.with_name(".contact_sheet.tmp.png")
+    contact_sheet(dataset.train or dataset.gallery).save(tmp)
+    tmp.replace(CONTACT_SHEET)
+    log.info("manifest: %s; contact sheet: %s", MANIFEST, CONTACT_SHEET)
 
 
 def main(argv: list[str] | None = None) -> int:
