@@ -17,7 +17,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader
 
-from dsfnet.cluster import ClusterConfig, cluster_features
+from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
 from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, collate_images
 from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_train_transform
@@ -65,6 +65,7 @@ class EpochStats:
     loss: float
     lr: float
     extract_s: float
+    knn_s: float
     jaccard_s: float
     dbscan_s: float
     train_s: float
@@ -138,36 +139,37 @@ def train(
         # --- seam: DDO (distance fusion) and SCNet (secondary clustering) replace this call ---
         pseudo = cluster_features(features, cluster_config)
         labels = pseudo.labels
-        sizes = np.bincount(labels[labels >= 0]) if pseudo.num_clusters else np.zeros(0, dtype=np.int64)
+        if pseudo.num_clusters == 0:
+            raise NoClusterError(
+                f"epoch {epoch}: DBSCAN found no cluster among {len(labels)} samples "
+                f"(eps={cluster_config.eps}, min_samples={cluster_config.min_samples}); "
+                f"try a larger cluster.eps or a smaller cluster.min_samples")
+        sizes = np.bincount(labels[labels >= 0])
 
         start = time.perf_counter()
         losses: list[float] = []
         lr = optimizer.param_groups[0]["lr"]
-        if pseudo.num_clusters == 0:
-            log.warning("epoch %d: DBSCAN found no cluster (all %d samples outliers); skipping training",
-                        epoch, len(labels))
-        else:
-            memory = ClusterMemory.from_labels(torch.from_numpy(features), torch.from_numpy(labels),
-                                               temperature=config.temperature,
-                                               momentum=config.memory_momentum).to(device)
-            kept = np.flatnonzero(labels >= 0)
-            dataset = ImageDataset([records[i] for i in kept], transform, labels=labels[kept].tolist())
-            sampler = CameraAwarePKSampler(labels[kept], camids[kept], config.num_instances,
-                                           seed=config.seed * 1000 + epoch)
-            loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
-                                num_workers=config.workers, collate_fn=collate_images,
-                                drop_last=len(sampler) >= config.batch_size,
-                                persistent_workers=config.workers > 0)
-            batches = _cycle(loader)
-            model.train()
-            memory.train()
-            for _ in range(config.iters):
-                images, targets, _, _ = next(batches)
-                loss = memory(model(images.to(device)), targets.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
+        memory = ClusterMemory.from_labels(torch.from_numpy(features), torch.from_numpy(labels),
+                                           temperature=config.temperature,
+                                           momentum=config.memory_momentum).to(device)
+        kept = np.flatnonzero(labels >= 0)
+        dataset = ImageDataset([records[i] for i in kept], transform, labels=labels[kept].tolist())
+        sampler = CameraAwarePKSampler(labels[kept], camids[kept], config.num_instances,
+                                       seed=config.seed * 1000 + epoch)
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
+                            num_workers=config.workers, collate_fn=collate_images,
+                            drop_last=len(sampler) >= config.batch_size,
+                            persistent_workers=config.workers > 0)
+        batches = _cycle(loader)
+        model.train()
+        memory.train()
+        for _ in range(config.iters):
+            images, targets, _, _ = next(batches)
+            loss = memory(model(images.to(device)), targets.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
         scheduler.step()
 
         stats = EpochStats(
@@ -176,19 +178,22 @@ def train(
             num_clusters=pseudo.num_clusters,
             num_outliers=pseudo.num_outliers,
             outlier_ratio=pseudo.num_outliers / max(len(labels), 1),
-            mean_cluster_size=float(sizes.mean()) if sizes.size else 0.0,
-            max_cluster_size=int(sizes.max()) if sizes.size else 0,
-            min_cluster_size=int(sizes.min()) if sizes.size else 0,
+            mean_cluster_size=float(sizes.mean()),
+            max_cluster_size=int(sizes.max()),
+            min_cluster_size=int(sizes.min()),
             loss=float(np.mean(losses)) if losses else float("nan"),
             lr=lr,
             extract_s=extract_s,
+            knn_s=pseudo.timings["knn_s"],
             jaccard_s=pseudo.timings["jaccard_s"],
             dbscan_s=pseudo.timings["dbscan_s"],
             train_s=time.perf_counter() - start,
             **label_quality(labels, truth),
         )
-        log.info("epoch %d: %d clusters, %d outliers, purity %.3f, loss %.3f", epoch, stats.num_clusters,
-                 stats.num_outliers, stats.purity, stats.loss)
+        log.info("epoch %d: %d clusters, %d outliers, purity %.3f, loss %.3f "
+                 "(features %.1fs, kNN %.1fs, Jaccard %.1fs, DBSCAN %.1fs, train %.1fs)", epoch, stats.num_clusters,
+                 stats.num_outliers, stats.purity, stats.loss, stats.extract_s, stats.knn_s, stats.jaccard_s,
+                 stats.dbscan_s, stats.train_s)
         history.append(stats)
         if on_epoch_end is not None:
             on_epoch_end(stats, labels)

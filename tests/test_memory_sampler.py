@@ -55,3 +55,16 @@ def test_label_quality_purity():
     quality = label_quality(labels, truth)
     assert quality["purity"] == pytest.approx(4 / 5)
     assert label_quality(np.array([-1, -1]), np.array([1, 2]))["purity"] == 0.0
+
+
+def test_training_stops_with_advice_when_dbscan_finds_no_cluster(tmp_path):
+    from dsfnet.cluster import ClusterConfig, NoClusterError
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+    from dsfnet.models import ModelConfig, build_model
+    from dsfnet.trainer import TrainConfig, train
+
+    data = generate_synthetic(tmp_path, SyntheticConfig(profile="tiny", height=32, width=16), progress=False)
+    config = TrainConfig(epochs=1, iters=1, batch_size=8, height=32, width=16, workers=0)
+    with pytest.raises(NoClusterError, match="try a larger cluster.eps"):
+        train(build_model(ModelConfig()), data.train, config, ClusterConfig(k1=10, k2=3, eps=1e-6, min_samples=40),
+              progress=False)
