@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -25,8 +26,12 @@ def extract_features(
     device: str | torch.device = "cpu",
     desc: str = "features",
     progress: bool = True,
+    flip: bool = False,
 ) -> np.ndarray:
-    """L2-normalised features (N, D) of `records`, in record order."""
+    """L2-normalised features (N, D) of `records`, in record order.
+
+    `flip` averages each image's feature with its mirror image's (a common test-time augmentation).
+    """
     dataset = ImageDataset(records, build_test_transform(height, width))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_images)
@@ -34,6 +39,10 @@ def extract_features(
     model.eval()
     chunks = []
     for images, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        chunks.append(model(images.to(device)).float().cpu())
+        images = images.to(device)
+        feats = model(images).float()
+        if flip:
+            feats = F.normalize(feats + model(torch.flip(images, dims=[3])).float(), dim=1)
+        chunks.append(feats.cpu())
     model.train(was_training)
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)

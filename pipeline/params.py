@@ -52,6 +52,12 @@ class MonitorParams:
 class EvaluateParams:
     batch_size: int = 128
     max_rank: int = 50
+    flip: bool = True  # average each image's feature with its mirror image's
+    rerank: bool = False  # also report k-reciprocal re-ranked metrics
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
+    rank_list_queries: int = 8  # queries shown in reports/evaluate/rank_list.png
 
 
 @dataclass

@@ -21,8 +21,8 @@ CONTACT_SHEET = PREPARE_REPORTS / "contact_sheet.png"
 VALIDATE_REPORTS = REPORTS_DIR / "validate"
 MONITOR_REPORTS = REPORTS_DIR / "monitor"
 EVALUATE_REPORTS = REPORTS_DIR / "evaluate"
-CMC_PLOT = EVALUATE_REPORTS / "cmc.csv"
-CMC_PNG = EVALUATE_REPORTS / "cmc.png"
+PLOTS_DIR = Path("plots")
+CMC_PLOT = PLOTS_DIR / "cmc.csv"
 
 
 def metrics_file(stage: str) -> Path:

@@ -36,6 +36,8 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         self.model, payload = load_checkpoint(context.artifacts["checkpoint"])
         height, width = payload["input_size"]
         self.transform = build_test_transform(height, width)
+        # the same test-time flip averaging as the evaluate stage, so served embeddings are the evaluated ones
+        self.flip = bool((context.model_config or {}).get("flip", False))
 
     def _decode(self, row: int, value: str) -> torch.Tensor:
         try:
@@ -51,7 +53,11 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         images = [self._decode(i, v) for i, v in enumerate(model_input[INPUT_COLUMN])]
         if not images:
             return np.zeros((0, self.model.feature_dim), dtype=np.float32)
-        return self.model(torch.stack(images)).numpy().astype(np.float32)
+        batch = torch.stack(images)
+        embeddings = self.model(batch)
+        if self.flip:
+            embeddings = torch.nn.functional.normalize(embeddings + self.model(torch.flip(batch, dims=[3])), dim=1)
+        return embeddings.numpy().astype(np.float32)
 
 
 def signature(feature_dim: int) -> ModelSignature:

@@ -44,8 +44,8 @@ def test_every_stage_ran_and_wrote_its_outputs(run):
     num_train = len(read_manifest(project / "data/prepared/manifest.csv").train)
     assert train["epoch"] == 1 and train["num_samples"] == num_train and num_train > 20
     assert read(project, "monitor")["passed"] is True
-    for report in ("validate/index.html", "monitor/pseudo_labels.html", "evaluate/cmc.png", "evaluate/cmc.csv",
-                   "train/epochs.csv"):
+    for report in ("validate/index.html", "monitor/pseudo_labels.html", "evaluate/cmc.png", "evaluate/rank_list.png",
+                   "evaluate/worst_queries.png", "train/epochs.csv", "prepare/contact_sheet.png"):
         assert (project / "reports" / report).stat().st_size > 0, report
     assert (project / "models" / "model.pt").is_file()
     assert (project / "dvc.lock").is_file()
@@ -58,8 +58,8 @@ def test_evaluation_metrics_match_an_independent_recomputation(run):
     dataset = dataset.rebased("data", project / "data")
     model, payload = load_checkpoint(project / "models/model.pt")
     h, w = payload["input_size"]
-    q = extract_features(model, dataset.query, h, w, progress=False)
-    g = extract_features(model, dataset.gallery, h, w, progress=False)
+    q = extract_features(model, dataset.query, h, w, progress=False, flip=True)
+    g = extract_features(model, dataset.gallery, h, w, progress=False, flip=True)
     arrays = lambda rs: (np.array([r.pid for r in rs]), np.array([r.camid for r in rs]))  # noqa: E731
     (qp, qc), (gp, gc) = arrays(dataset.query), arrays(dataset.gallery)
     mean_ap, cmc = reference_map_cmc(1.0 - q @ g.T, qp, gp, qc, gc, max_rank=10)  # sklearn's AP
@@ -67,8 +67,11 @@ def test_evaluation_metrics_match_an_independent_recomputation(run):
     assert metrics["mAP"] == pytest.approx(100 * mean_ap, abs=1e-4)
     assert metrics["rank1"] == pytest.approx(100 * cmc[0], abs=1e-6)
     assert metrics["rank10"] == pytest.approx(100 * cmc[9], abs=1e-6)
-    curve = pd.read_csv(project / "reports/evaluate/cmc.csv")
-    assert curve["cmc"].is_monotonic_increasing and curve["cmc"].iloc[0] == pytest.approx(metrics["rank1"])
+    curve = pd.read_csv(project / "plots/cmc.csv")
+    assert curve["cmc_plain"].is_monotonic_increasing
+    assert curve["cmc_plain"].iloc[0] == pytest.approx(metrics["rank1"])
+    stored = np.load(project / "reports/evaluate/embeddings_query.npz")
+    assert list(stored["pids"]) == list(qp) and stored["features"].shape == (len(qp), q.shape[1])
 
 
 def test_model_is_registered_as_champion_with_lineage(run):
@@ -92,7 +95,7 @@ def test_champion_pyfunc_returns_the_library_embeddings(run):
     records = dataset.query[:3]
     embeddings = np.asarray(model.predict(pd.DataFrame({"image": [encode_image(r.path) for r in records]})))
     net, payload = load_checkpoint(project / "models/model.pt")
-    expected = extract_features(net, records, *payload["input_size"], progress=False)
+    expected = extract_features(net, records, *payload["input_size"], progress=False, flip=True)
     assert embeddings.shape == expected.shape
     np.testing.assert_allclose(embeddings, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from dsfnet.evaluation import compute_map_cmc
+from dsfnet.evaluation import compute_map_cmc, evaluate_ranks, ranked_gallery, rerank_distance, stable_order
 
 
 def reference_map_cmc(distmat, q_pids, g_pids, q_cams, g_cams, max_rank):
@@ -41,6 +41,97 @@ def test_matches_sklearn_reference_on_random_data():
     np.testing.assert_allclose(ours_cmc, ref_cmc)
 
 
+def literal_map_cmc(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    """The per-query loop of torchreid's eval_market1501, with a stable sort so ties rank by gallery index."""
+    num_q, num_g = distmat.shape
+    indices = np.argsort(distmat, axis=1, kind="stable")
+    matches = (g_pids[indices] == q_pids[:, None]).astype(np.int32)
+    all_cmc, all_ap = [], []
+    for q in range(num_q):
+        order = indices[q]
+        remove = (g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])
+        raw = matches[q][~remove]
+        if not np.any(raw):
+            continue
+        cmc = raw.cumsum()
+        cmc[cmc > 1] = 1
+        all_cmc.append(cmc[:max_rank])
+        tmp = raw.cumsum() / (np.arange(len(raw)) + 1.0)
+        all_ap.append((tmp * raw).sum() / raw.sum())
+    return float(np.mean(all_ap)), np.asarray(all_cmc).astype(np.float64).sum(0) / len(all_cmc)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorised_equals_literal_loop_with_ties_and_queries_without_match(seed, dtype):
+    rng = np.random.default_rng(seed)
+    q_pids, g_pids = rng.integers(0, 12, 60), rng.integers(0, 12, 400)
+    q_cams, g_cams = rng.integers(0, 3, 60), rng.integers(0, 3, 400)
+    q_pids[:3] = 99  # three queries whose identity is absent from the gallery: skipped
+    distmat = rng.integers(0, 20, (60, 400)).astype(dtype)  # heavy ties
+    distmat[5:] += (rng.random((55, 400)) * (seed > 0)).astype(dtype)  # and continuous values
+    ours = compute_map_cmc(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50)
+    ref = literal_map_cmc(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50)
+    assert ours[0] == pytest.approx(ref[0], abs=1e-6)
+    np.testing.assert_allclose(ours[1], ref[1], atol=1e-6)
+
+
+def test_chunking_does_not_change_results():
+    rng = np.random.default_rng(5)
+    q_pids, g_pids = rng.integers(0, 30, 101), rng.integers(0, 30, 333)
+    q_cams, g_cams = rng.integers(0, 4, 101), rng.integers(0, 4, 333)
+    distmat = rng.random((101, 333)).astype(np.float32)
+    whole = evaluate_ranks(distmat, q_pids, g_pids, q_cams, g_cams)
+    chunked = evaluate_ranks(distmat, q_pids, g_pids, q_cams, g_cams, chunk_elements=333 * 7)
+    np.testing.assert_array_equal(whole[1], chunked[1])
+    np.testing.assert_allclose(whole[0], chunked[0])
+
+
+def test_negative_zero_ties_with_zero():
+    order = stable_order(np.array([[0.0, -0.0, -1.0, 0.0]], dtype=np.float32))
+    np.testing.assert_array_equal(order, [[2, 0, 1, 3]])
+
+
+@pytest.mark.parametrize(
+    ("distmat", "q", "g", "message"),
+    [
+        (np.zeros((2, 3)), 3, 3, r"q_pids has shape \(3,\) but distmat \(2, 3\)"),
+        (np.zeros((0, 3)), 0, 3, "empty query"),
+        (np.zeros((2, 0)), 2, 0, "empty gallery"),
+        (np.full((2, 3), np.nan), 2, 3, "NaN"),
+    ],
+)
+def test_bad_input_is_named(distmat, q, g, message):
+    with pytest.raises(ValueError, match=message):
+        compute_map_cmc(distmat, np.zeros(q, int), np.zeros(g, int), np.zeros(q, int), np.ones(g, int))
+
+
 def test_no_valid_query_is_an_error():
     with pytest.raises(ValueError, match="no query has a true match"):
         compute_map_cmc(np.zeros((1, 1)), np.array([1]), np.array([1]), np.array([0]), np.array([0]))
+
+
+def test_ranked_gallery_drops_same_camera_same_identity():
+    g_pids, g_cams = np.array([1, 1, 2, 1]), np.array([0, 1, 0, 2])
+    ranked = ranked_gallery(np.array([0.1, 0.2, 0.3, 0.4]), 1, 0, g_pids, g_cams, top=2)
+    np.testing.assert_array_equal(ranked, [1, 2])
+
+
+def test_rerank_helps_on_clustered_features_and_equals_its_definition(make_clustered):
+    from dsfnet.cluster import jaccard_distance
+
+    feats, labels = make_clustered(num_ids=20, per_id=8, dim=32, noise=1.3, seed=4)
+    cams = np.arange(len(labels)) % 4
+    q_idx = np.flatnonzero(np.arange(len(labels)) % 8 == 0)
+    g_idx = np.setdiff1d(np.arange(len(labels)), q_idx)
+    q, g = feats[q_idx], feats[g_idx]
+    reranked = rerank_distance(q, g, k1=10, k2=3, lambda_value=0.3)
+    dense = np.ones((len(feats), len(feats)))
+    coo = jaccard_distance(np.concatenate([q, g]), k1=10, k2=3).tocoo()
+    dense[coo.row, coo.col] = coo.data
+    expected = 0.7 * dense[: len(q), len(q):] + 0.3 * (2 - 2 * q @ g.T)
+    np.testing.assert_allclose(reranked, expected, atol=1e-5)
+    args = (labels[q_idx], labels[g_idx], cams[q_idx], cams[g_idx])
+    plain_map, _ = compute_map_cmc(1 - q @ g.T, *args)
+    rerank_map, _ = compute_map_cmc(reranked, *args)
+    assert rerank_map > plain_map

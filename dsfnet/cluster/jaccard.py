@@ -173,29 +173,23 @@ def _query_expansion(neighbours, k2, indptr, indices, data, bounds):
 
 @njit(parallel=True, cache=True)
 def _jaccard(indptr, indices, data, col_ptr, col_rows, col_vals, bounds):
-    """CSR of 1 − s/(2 − s), s(i, j) = Σ_k min(V[i,k], V[j,k]), for every j sharing a column with i."""
+    """CSR of 1 − s/(2 − s), s(i, j) = Σ_k min(V[i,k], V[j,k]), for every j sharing a column with i.
+
+    One pass over the (i, k, j) triples: each row writes into a slot as large as the triples it visits
+    (an upper bound of its distinct j), then the slots are packed in place.
+    """
     n = len(indptr) - 1
+    bound = np.empty(n, np.int64)
+    for i in prange(n):
+        total = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            total += col_ptr[indices[p] + 1] - col_ptr[indices[p]]
+        bound[i] = min(total, n)
+    slot = np.zeros(n + 1, np.int64)
+    slot[1:] = np.cumsum(bound)
+    out_idx = np.empty(slot[-1], np.int32)
+    out_val = np.empty(slot[-1], np.float32)
     sizes = np.zeros(n, np.int64)
-    for t in prange(len(bounds) - 1):
-        seen = np.zeros(n, np.uint8)
-        touched = np.empty(n, np.int64)
-        for i in range(bounds[t], bounds[t + 1]):
-            count = 0
-            for p in range(indptr[i], indptr[i + 1]):
-                k = indices[p]
-                for q in range(col_ptr[k], col_ptr[k + 1]):
-                    j = col_rows[q]
-                    if not seen[j]:
-                        seen[j] = 1
-                        touched[count] = j
-                        count += 1
-            for a in range(count):
-                seen[touched[a]] = 0
-            sizes[i] = count
-    out_ptr = np.zeros(n + 1, np.int64)
-    out_ptr[1:] = np.cumsum(sizes)
-    out_idx = np.empty(out_ptr[-1], np.int32)
-    out_val = np.empty(out_ptr[-1], np.float32)
     for t in prange(len(bounds) - 1):
         acc = np.zeros(n, np.float64)
         seen = np.zeros(n, np.uint8)
@@ -214,7 +208,7 @@ def _jaccard(indptr, indices, data, col_ptr, col_rows, col_vals, bounds):
                     w = col_vals[q]
                     acc[j] += v if v < w else w
             cols = np.sort(touched[:count])
-            start = out_ptr[i]
+            start = slot[i]
             for a in range(count):
                 j = cols[a]
                 s = acc[j]
@@ -222,7 +216,16 @@ def _jaccard(indptr, indices, data, col_ptr, col_rows, col_vals, bounds):
                 out_val[start + a] = max(0.0, 1.0 - s / (2.0 - s))
                 acc[j] = 0.0
                 seen[j] = 0
-    return out_ptr, out_idx, out_val
+            sizes[i] = count
+    out_ptr = np.zeros(n + 1, np.int64)
+    out_ptr[1:] = np.cumsum(sizes)
+    for i in range(n):  # pack: a row only ever moves towards the front, past rows already packed
+        src, dst = slot[i], out_ptr[i]
+        if src != dst:
+            for a in range(sizes[i]):
+                out_idx[dst + a] = out_idx[src + a]
+                out_val[dst + a] = out_val[src + a]
+    return out_ptr, out_idx[: out_ptr[-1]], out_val[: out_ptr[-1]]
 
 
 def check_features(features) -> np.ndarray:

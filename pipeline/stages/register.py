@@ -68,6 +68,7 @@ def register(params: Params) -> None:
             signature=signature(model.feature_dim),
             code_paths=[str(PACKAGE_ROOT / "dsfnet"), str(PACKAGE_ROOT / "pipeline")],
             pip_requirements=requirements(),
+            model_config={"flip": params.evaluate.flip},
             registered_model_name=name,
         )
     version = int(info.registered_model_version)
