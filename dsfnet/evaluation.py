@@ -9,31 +9,12 @@ Ties in distance are ranked by gallery index, so results are deterministic.
 from __future__ import annotations
 
 import numpy as np
-
-HIGH_BIT = np.uint32(0x80000000)
+from numba import njit, prange
 
 
 def cosine_distance(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     """1 - cos for L2-normalised features (same ranking as squared Euclidean)."""
     return 1.0 - query.astype(np.float32) @ gallery.astype(np.float32).T
-
-
-def stable_order(distances: np.ndarray) -> np.ndarray:
-    """Row-wise argsort, ties broken by column index, as int64.
-
-    For float32 rows it sorts one uint64 key per entry (order-preserving float bits, then the column
-    index) with a plain value sort, which is faster than a stable argsort and gives the same order.
-    """
-    if distances.dtype == np.float64 and np.array_equal(distances.astype(np.float32), distances):
-        distances = distances.astype(np.float32)
-    if distances.dtype != np.float32:
-        return np.argsort(distances, axis=1, kind="stable")
-    bits = (distances + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0: equal values, equal keys
-    keys = np.where(bits & HIGH_BIT, ~bits, bits | HIGH_BIT).astype(np.uint64)
-    keys <<= np.uint64(32)
-    keys |= np.arange(distances.shape[1], dtype=np.uint64)
-    keys.sort(axis=1)
-    return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def _check(distmat, q_pids, g_pids, q_camids, g_camids):
@@ -53,33 +34,66 @@ def _check(distmat, q_pids, g_pids, q_camids, g_camids):
     return distmat, *arrays
 
 
-def evaluate_ranks(distmat, q_pids, g_pids, q_camids, g_camids,
-                   chunk_elements: int = 8_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query AP and first-match rank (0-based; -1 for a query with no valid true match).
+@njit(parallel=True, cache=True)
+def _ranks(distmat, q_pids, g_pids, q_camids, g_camids):
+    """Per query: AP and 0-based rank of the first true match (-1 without one), never sorting a whole row.
 
-    Vectorised over chunks of queries, so memory stays O(chunk · gallery) whatever the query count.
+    Only the true matches are sorted (by distance, then gallery index); each negative is binary-searched
+    among them to count how many true matches it outranks. O(G log P) per query, no (Q, G) temporaries.
     """
-    distmat, q_pids, g_pids, q_camids, g_camids = _check(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = distmat.shape
-    rows_per_chunk = max(1, chunk_elements // num_g)
     ap = np.zeros(num_q)
-    first = np.full(num_q, -1, dtype=np.int64)
-    for start in range(0, num_q, rows_per_chunk):
-        rows = slice(start, start + rows_per_chunk)
-        order = stable_order(distmat[rows])
-        same_id = g_pids[order] == q_pids[rows, None]
-        valid = ~(same_id & (g_camids[order] == q_camids[rows, None]))
-        hits = same_id & valid
-        valid_rank = np.cumsum(valid, axis=1)  # 1-based rank among the kept gallery items
-        hit_count = np.cumsum(hits, axis=1)
-        num_hits = hit_count[:, -1]
-        has_match = num_hits > 0
-        precision = np.where(hits, hit_count / np.maximum(valid_rank, 1), 0.0).sum(axis=1)
-        ap[rows] = np.where(has_match, precision / np.maximum(num_hits, 1), 0.0)
-        first_pos = np.argmax(hits, axis=1)
-        first_rank = valid_rank[np.arange(len(first_pos)), first_pos] - 1
-        first[rows] = np.where(has_match, first_rank, -1)
+    first = np.full(num_q, -1, np.int64)
+    for q in prange(num_q):
+        num_pos = 0
+        for g in range(num_g):
+            if g_pids[g] == q_pids[q] and g_camids[g] != q_camids[q]:
+                num_pos += 1
+        if num_pos == 0:
+            continue
+        positions = np.empty(num_pos, np.int64)
+        k = 0
+        for g in range(num_g):
+            if g_pids[g] == q_pids[q] and g_camids[g] != q_camids[q]:
+                positions[k] = g
+                k += 1
+        dist = np.empty(num_pos, np.float64)
+        for a in range(num_pos):
+            dist[a] = distmat[q, positions[a]]
+        order = np.argsort(dist, kind="mergesort")  # stable: equal distances keep gallery order
+        pos_index = positions[order]
+        pos_dist = dist[order]
+        ahead = np.zeros(num_pos + 1, np.int64)  # ahead[j]: negatives ranked between true matches j-1 and j
+        for g in range(num_g):
+            if g_pids[g] == q_pids[q]:  # true matches, and same-camera ones the protocol ignores
+                continue
+            d = np.float64(distmat[q, g])
+            lo, hi = 0, num_pos
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if pos_dist[mid] < d or (pos_dist[mid] == d and pos_index[mid] < g):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            ahead[lo] += 1
+        negatives = 0
+        precision = 0.0
+        for j in range(num_pos):
+            negatives += ahead[j]
+            rank = j + negatives + 1
+            precision += (j + 1) / rank
+            if j == 0:
+                first[q] = rank - 1
+        ap[q] = precision / num_pos
     return ap, first
+
+
+def evaluate_ranks(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query AP and first-match rank (0-based; -1 for a query with no valid true match)."""
+    distmat, q_pids, g_pids, q_camids, g_camids = _check(distmat, q_pids, g_pids, q_camids, g_camids)
+    if distmat.dtype not in (np.float32, np.float64):
+        distmat = distmat.astype(np.float64)
+    return _ranks(np.ascontiguousarray(distmat), *(a.astype(np.int64) for a in (q_pids, g_pids, q_camids, g_camids)))
 
 
 def compute_map_cmc(
@@ -103,7 +117,7 @@ def compute_map_cmc(
 def ranked_gallery(distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray, g_camids: np.ndarray,
                    top: int) -> np.ndarray:
     """Gallery indices of one query's top ranks, without the same-identity same-camera items (protocol)."""
-    order = stable_order(np.asarray(distances, dtype=np.float32)[None, :])[0]
+    order = np.argsort(distances, kind="stable")
     keep = ~((g_pids[order] == q_pid) & (g_camids[order] == q_camid))
     return order[keep][:top]
 
