@@ -74,6 +74,17 @@ def test_evaluation_metrics_match_an_independent_recomputation(run):
     assert list(stored["pids"]) == list(qp) and stored["features"].shape == (len(qp), q.shape[1])
 
 
+def test_dvc_plots_show_renders_the_cmc_curve(run):
+    project, _ = run
+    result = dvc(project, "plots", "show", "--json")
+    assert result.returncode == 0, result.stderr
+    plots = json.loads(result.stdout)["data"]
+    points = plots["CMC curve"][0]["content"]["data"]["values"]
+    assert [float(p["rank"]) for p in points[:3]] == [1.0, 2.0, 3.0]
+    rank1 = read(project, "evaluate")["rank1"]
+    assert float(points[0]["cmc_plain"]) == pytest.approx(rank1)
+
+
 def test_model_is_registered_as_champion_with_lineage(run):
     project, _ = run
     register = read(project, "register")
