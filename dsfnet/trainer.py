@@ -7,10 +7,12 @@ are clustered and the distance (DDO), the clustering itself (SCNet), and the hea
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,6 +109,43 @@ def _cycle(loader: DataLoader) -> Iterator:
         yield from loader
 
 
+@dataclass
+class TrainResult:
+    history: list[EpochStats]
+    labels: list[np.ndarray]  # pseudo-labels of every epoch, for monitoring
+
+
+def _save_state(path: Path, fingerprint: str, next_epoch: int, model, optimizer, scheduler,
+                result: TrainResult, extra: dict) -> None:
+    """Everything needed to continue after `next_epoch - 1` exactly as if never stopped; atomic write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "fingerprint": fingerprint,
+        "next_epoch": next_epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "history": [h.as_dict() for h in result.history],
+        "labels": result.labels,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "extra": extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_resume_state(path: str | Path | None, fingerprint: str) -> dict | None:
+    """The saved state at `path` if it belongs to this exact run (same fingerprint), else None."""
+    if path is None or not Path(path).is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG state inside
+    if state.get("fingerprint") != fingerprint:
+        log.warning("ignoring %s: it was written for different data or parameters", path)
+        return None
+    return state
+
+
 def train(
     model: torch.nn.Module,
     records: Sequence[ImageRecord],
@@ -114,11 +153,17 @@ def train(
     cluster_config: ClusterConfig,
     on_epoch_end: Callable[[EpochStats, np.ndarray], None] | None = None,
     progress: bool = True,
-) -> list[EpochStats]:
-    """Train `model` on unlabelled `records`; returns per-epoch statistics.
+    resume_path: str | Path | None = None,
+    fingerprint: str = "",
+    extra: dict | None = None,
+) -> TrainResult:
+    """Train `model` on unlabelled `records`; returns per-epoch statistics and pseudo-labels.
 
     `on_epoch_end(stats, labels)` receives each epoch's statistics and pseudo-labels (for logging).
     Record pids are never used for training, only to score pseudo-label quality.
+    With `resume_path`, the full training state is saved there after every epoch, and a state saved by
+    an interrupted run with the same `fingerprint` is picked up: the result equals an uninterrupted run.
+    `extra` is stored with the state (e.g. a tracking run id) and returned by `load_resume_state`.
     """
     seed_everything(config.seed)
     device = resolve_device(config.device)
@@ -129,9 +174,21 @@ def train(
     truth = np.array([r.pid for r in records])
     camids = np.array([r.camid for r in records])
     transform = build_train_transform(config.height, config.width)
-    history: list[EpochStats] = []
+    result = TrainResult(history=[], labels=[])
+    first_epoch = 0
+    state = load_resume_state(resume_path, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        result = TrainResult([EpochStats(**h) for h in state["history"]], list(state["labels"]))
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        first_epoch = state["next_epoch"]
+        log.info("resuming from %s at epoch %d of %d", resume_path, first_epoch, config.epochs)
 
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         features = extract_features(model, records, config.height, config.width, config.feature_batch_size,
                                     config.workers, device, desc=f"epoch {epoch} features", progress=progress)
@@ -194,7 +251,10 @@ def train(
                  "(features %.1fs, kNN %.1fs, Jaccard %.1fs, DBSCAN %.1fs, train %.1fs)", epoch, stats.num_clusters,
                  stats.num_outliers, stats.purity, stats.loss, stats.extract_s, stats.knn_s, stats.jaccard_s,
                  stats.dbscan_s, stats.train_s)
-        history.append(stats)
+        result.history.append(stats)
+        result.labels.append(labels)
         if on_epoch_end is not None:
             on_epoch_end(stats, labels)
-    return history
+        if resume_path is not None:
+            _save_state(Path(resume_path), fingerprint, epoch + 1, model, optimizer, scheduler, result, extra or {})
+    return result

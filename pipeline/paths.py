@@ -10,6 +10,7 @@ REJECTED = PREPARED_DIR / "rejected.csv"  # files found in dataset folders that 
 MODEL_DIR = Path("models")
 CHECKPOINT = MODEL_DIR / "model.pt"
 RUN_INFO = MODEL_DIR / "run.json"
+RESUME_STATE = Path("checkpoints/train/last.pt")  # not a DVC output: it must survive a failed stage
 
 METRICS_DIR = Path("metrics")
 REPORTS_DIR = Path("reports")

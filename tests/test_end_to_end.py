@@ -194,3 +194,38 @@ def test_dvc_repro_validate_on_a_market_layout_folder_needs_no_code_change(tmp_p
     metrics = read(project, "validate")
     assert metrics["success"] is True and metrics["train_ids"] == 10 and metrics["query_ids"] == 6
     assert "Running stage 'train'" not in result.stdout
+
+
+def test_train_resumes_after_kill_9_and_matches_the_uninterrupted_model(run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from pipeline.flows import stage_env
+
+    reference_project, _ = run
+    project = make_project(tmp_path / "project")  # the same tiny profile and seed as the `run` project
+    assert dvc(project, "repro", "validate").returncode == 0
+    state = project / "checkpoints/train/last.pt"
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=stage_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert state.exists(), "the train stage finished or failed before its first epoch checkpoint"
+    os.killpg(process.pid, signal.SIGKILL)  # DVC and the stage it runs, as a crash would
+    process.wait()
+    assert not (project / "metrics/train.json").exists()
+
+    result = dvc(project, "repro", "train")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read(project, "train")["resumed_at_epoch"] == 1
+    assert not state.exists()
+    resumed = torch.load(project / "models/model.pt", weights_only=True)["state_dict"]
+    reference = torch.load(reference_project / "models/model.pt", weights_only=True)["state_dict"]
+    for name, tensor in reference.items():
+        assert torch.equal(resumed[name], tensor), name

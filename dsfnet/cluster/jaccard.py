@@ -120,31 +120,35 @@ def _weights(x, neighbours, sims, rec, rec_n, half, half_n, bounds, max_size):
     return indptr, indices, data
 
 
+@njit(cache=True)
+def _pack(slot, out_ptr, sizes, out_idx, out_val):
+    """Move each row from its slot (an upper-bound-sized region) to its packed place, in place.
+
+    A row only ever moves towards the front, past rows already packed, so one forward pass is safe.
+    """
+    for i in range(len(sizes)):
+        src, dst = slot[i], out_ptr[i]
+        if src != dst:
+            for a in range(sizes[i]):
+                out_idx[dst + a] = out_idx[src + a]
+                out_val[dst + a] = out_val[src + a]
+
+
 @njit(parallel=True, cache=True)
 def _query_expansion(neighbours, k2, indptr, indices, data, bounds):
     """CSR of the mean of the V rows of each sample's k2 nearest neighbours (columns sorted)."""
     n = neighbours.shape[0]
+    bound = np.empty(n, np.int64)
+    for i in prange(n):
+        total = 0
+        for a in range(k2):
+            total += indptr[neighbours[i, a] + 1] - indptr[neighbours[i, a]]
+        bound[i] = min(total, n)
+    slot = np.zeros(n + 1, np.int64)
+    slot[1:] = np.cumsum(bound)
+    out_idx = np.empty(slot[-1], np.int64)
+    out_val = np.empty(slot[-1], np.float64)
     sizes = np.zeros(n, np.int64)
-    for t in prange(len(bounds) - 1):
-        seen = np.zeros(n, np.uint8)
-        touched = np.empty(n, np.int64)
-        for i in range(bounds[t], bounds[t + 1]):
-            count = 0
-            for a in range(k2):
-                r = neighbours[i, a]
-                for p in range(indptr[r], indptr[r + 1]):
-                    j = indices[p]
-                    if not seen[j]:
-                        seen[j] = 1
-                        touched[count] = j
-                        count += 1
-            for a in range(count):
-                seen[touched[a]] = 0
-            sizes[i] = count
-    out_ptr = np.zeros(n + 1, np.int64)
-    out_ptr[1:] = np.cumsum(sizes)
-    out_idx = np.empty(out_ptr[-1], np.int64)
-    out_val = np.empty(out_ptr[-1], np.float64)
     for t in prange(len(bounds) - 1):
         acc = np.zeros(n, np.float64)
         seen = np.zeros(n, np.uint8)
@@ -161,14 +165,18 @@ def _query_expansion(neighbours, k2, indptr, indices, data, bounds):
                         count += 1
                     acc[j] += data[p]
             cols = np.sort(touched[:count])
-            start = out_ptr[i]
+            start = slot[i]
             for a in range(count):
                 j = cols[a]
                 out_idx[start + a] = j
                 out_val[start + a] = acc[j] / k2
                 acc[j] = 0.0
                 seen[j] = 0
-    return out_ptr, out_idx, out_val
+            sizes[i] = count
+    out_ptr = np.zeros(n + 1, np.int64)
+    out_ptr[1:] = np.cumsum(sizes)
+    _pack(slot, out_ptr, sizes, out_idx, out_val)
+    return out_ptr, out_idx[: out_ptr[-1]], out_val[: out_ptr[-1]]
 
 
 @njit(parallel=True, cache=True)
@@ -176,7 +184,7 @@ def _jaccard(indptr, indices, data, col_ptr, col_rows, col_vals, bounds):
     """CSR of 1 − s/(2 − s), s(i, j) = Σ_k min(V[i,k], V[j,k]), for every j sharing a column with i.
 
     One pass over the (i, k, j) triples: each row writes into a slot as large as the triples it visits
-    (an upper bound of its distinct j), then the slots are packed in place.
+    (an upper bound of its distinct j), then `_pack` closes the gaps.
     """
     n = len(indptr) - 1
     bound = np.empty(n, np.int64)
@@ -219,12 +227,7 @@ def _jaccard(indptr, indices, data, col_ptr, col_rows, col_vals, bounds):
             sizes[i] = count
     out_ptr = np.zeros(n + 1, np.int64)
     out_ptr[1:] = np.cumsum(sizes)
-    for i in range(n):  # pack: a row only ever moves towards the front, past rows already packed
-        src, dst = slot[i], out_ptr[i]
-        if src != dst:
-            for a in range(sizes[i]):
-                out_idx[dst + a] = out_idx[src + a]
-                out_val[dst + a] = out_val[src + a]
+    _pack(slot, out_ptr, sizes, out_idx, out_val)
     return out_ptr, out_idx[: out_ptr[-1]], out_val[: out_ptr[-1]]
 
 

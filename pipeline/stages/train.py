@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -13,55 +15,74 @@ import pandas as pd
 from dsfnet.checkpoint import save_checkpoint
 from dsfnet.data import read_manifest
 from dsfnet.models import build_model
-from dsfnet.trainer import EpochStats, train
+from dsfnet.trainer import EpochStats, load_resume_state, seed_everything, train
 from pipeline import tracking
 from pipeline.cli import StageFailed, run_stage
 from pipeline.io import write_csv, write_json
 from pipeline.params import Params
-from pipeline.paths import CHECKPOINT, EPOCH_LABELS, EPOCH_STATS, MANIFEST, RUN_INFO, metrics_file
+from pipeline.paths import CHECKPOINT, EPOCH_LABELS, EPOCH_STATS, MANIFEST, RESUME_STATE, RUN_INFO, metrics_file
 
 log = logging.getLogger(__name__)
 
 
+def fingerprint(params: Params) -> str:
+    """What a resumable state must match: the training parameters and the exact manifest."""
+    relevant = {k: v for k, v in tracking.flatten(params).items()
+                if k.split(".")[0] in ("dataset", "model", "train", "cluster")}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    digest.update(MANIFEST.read_bytes())
+    return digest.hexdigest()
+
+
 def train_stage(params: Params) -> None:
-    """Train the model; write models/, reports/train/ and metrics/train.json."""
+    """Train the model; write models/, reports/train/ and metrics/train.json.
+
+    The state after every epoch goes to checkpoints/train/last.pt (outside DVC's outputs, which DVC
+    deletes before a stage runs): re-running after a crash resumes there, in the same MLflow run.
+    """
     dataset = read_manifest(MANIFEST, name=params.dataset.name)
     if len(dataset.train) < params.cluster.min_samples:
         raise StageFailed(f"train split has {len(dataset.train)} images, fewer than "
                           f"cluster.min_samples={params.cluster.min_samples}")
-    model = build_model(params.model)
+    seed_everything(params.train.seed)  # the initial weights too: same seed, same run
+    model = build_model(params.model)  # a bad model.pretrained path fails here, before any training
     tracking.configure(params.mlflow)
-    labels_per_epoch: dict[str, np.ndarray] = {}
+    key = fingerprint(params)
+    resumed = load_resume_state(RESUME_STATE, key)
+    run_id = resumed["extra"].get("run_id") if resumed else None
 
     def on_epoch_end(stats: EpochStats, labels: np.ndarray) -> None:
         mlflow.log_metrics(tracking.finite(stats.as_dict()), step=stats.epoch)
-        labels_per_epoch[f"epoch_{stats.epoch}"] = labels
 
     start = time.perf_counter()
-    with mlflow.start_run(run_name=f"{params.dataset.name}-{params.model.arch}") as run:
-        mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": "cluster-contrast"})
-        mlflow.log_params(tracking.flatten(params))
-        history = train(model, dataset.train, params.train, params.cluster, on_epoch_end=on_epoch_end)
+    with mlflow.start_run(run_id=run_id, run_name=f"{params.dataset.name}-{params.model.arch}") as run:
+        if resumed is None:
+            mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": "cluster-contrast"})
+            mlflow.log_params(tracking.flatten(params))
+        result = train(model, dataset.train, params.train, params.cluster, on_epoch_end=on_epoch_end,
+                       resume_path=RESUME_STATE, fingerprint=key, extra={"run_id": run.info.run_id})
         total_s = time.perf_counter() - start
         save_checkpoint(CHECKPOINT, model, params.model, params.train.height, params.train.width,
-                        extra={"dataset": params.dataset.name, "epochs": len(history)})
-        last = history[-1].as_dict()
+                        extra={"dataset": params.dataset.name, "epochs": len(result.history)})
+        last = result.history[-1].as_dict()
         metrics = {
             **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in last.items()},
             "train_minutes": total_s / 60.0,
+            "resumed_at_epoch": resumed["next_epoch"] if resumed else None,
         }
         mlflow.log_metric("train_minutes", metrics["train_minutes"])
 
     EPOCH_STATS.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(EPOCH_STATS, pd.DataFrame([s.as_dict() for s in history]))
+    write_csv(EPOCH_STATS, pd.DataFrame([s.as_dict() for s in result.history]))
     truth = np.array([r.pid for r in dataset.train])
     tmp = EPOCH_LABELS.with_name(".labels.tmp.npz")
-    np.savez_compressed(tmp, truth=truth, **labels_per_epoch)
+    np.savez_compressed(tmp, truth=truth, **{f"epoch_{e}": labels for e, labels in enumerate(result.labels)})
     tmp.replace(EPOCH_LABELS)
     write_json(RUN_INFO, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
     write_json(metrics_file("train"), metrics)
+    RESUME_STATE.unlink(missing_ok=True)  # finished: the next run starts afresh
     log.info("trained %d epochs in %.1f min; last epoch: %d clusters, purity %.3f",
-             len(history), total_s / 60, last["num_clusters"], last["purity"])
+             len(result.history), total_s / 60, last["num_clusters"], last["purity"])
 
 
 def main(argv: list[str] | None = None) -> int:
