@@ -215,10 +215,9 @@ def _jaccard(indptr, indices, data, col_ptr, col_rows, col_vals, bounds):
                         count += 1
                     w = col_vals[q]
                     acc[j] += v if v < w else w
-            cols = np.sort(touched[:count])
             start = slot[i]
-            for a in range(count):
-                j = cols[a]
+            for a in range(count):  # in discovery order: sorting ~N·3000 columns would cost more than the rest
+                j = touched[a]
                 s = acc[j]
                 out_idx[start + a] = j
                 out_val[start + a] = max(0.0, 1.0 - s / (2.0 - s))
@@ -269,7 +268,11 @@ def jaccard_distance(features, k1: int = 30, k2: int = 6,
     v_ptr, v_idx, v_val = _weights(x, idx, sims, rec, rec_n, rec_half, half_n, bounds, k1 + k1 * half)
     if k2 != 1:
         v_ptr, v_idx, v_val = _query_expansion(idx, k2, v_ptr, v_idx, v_val, bounds)
+    # the hot loop streams these arrays: 32-bit entries halve its memory traffic (the reference is float32 too)
+    v_idx, v_val = v_idx.astype(np.int32), v_val.astype(np.float32)
     columns = sp.csr_matrix((v_val, v_idx, v_ptr), shape=(n, n)).tocsc()
     out_ptr, out_idx, out_val = _jaccard(v_ptr, v_idx, v_val, columns.indptr.astype(np.int64),
-                                         columns.indices.astype(np.int64), columns.data, bounds)
-    return sp.csr_matrix((out_val, out_idx, out_ptr), shape=(n, n))
+                                         columns.indices.astype(np.int32), columns.data, bounds)
+    distance = sp.csr_matrix((out_val, out_idx, out_ptr), shape=(n, n))
+    distance.has_sorted_indices = False  # rows are complete but not column-sorted
+    return distance
