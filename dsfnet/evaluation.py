@@ -106,10 +106,14 @@ def compute_map_cmc(
 ) -> tuple[float, np.ndarray]:
     """(mAP in [0, 1], CMC curve of length min(max_rank, gallery size)) over the queries with a match."""
     ap, first = evaluate_ranks(distmat, q_pids, g_pids, q_camids, g_camids)
+    return summarise_ranks(ap, first, min(max_rank, np.asarray(distmat).shape[1]))
+
+
+def summarise_ranks(ap: np.ndarray, first: np.ndarray, max_rank: int) -> tuple[float, np.ndarray]:
+    """(mAP, CMC) from `evaluate_ranks`' per-query results, over the queries with a true match."""
     valid = first >= 0
     if not valid.any():
         raise ValueError("no query has a true match in the gallery from another camera")
-    max_rank = min(max_rank, np.asarray(distmat).shape[1])
     cmc = np.array([(first[valid] < r).mean() for r in range(1, max_rank + 1)])
     return float(ap[valid].mean()), cmc
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # the OO API: no pyplot, no GUI backend
 
 from dsfnet.checkpoint import load_checkpoint
 from dsfnet.data import read_manifest
-from dsfnet.evaluation import compute_map_cmc, cosine_distance, evaluate_ranks, ranked_gallery, rerank_distance
+from dsfnet.evaluation import cosine_distance, evaluate_ranks, ranked_gallery, rerank_distance, summarise_ranks
 from dsfnet.features import extract_features
 from dsfnet.trainer import resolve_device
 from dsfnet.visualize import rank_list_figure
@@ -35,8 +35,8 @@ def _arrays(records):
 
 def _metrics(distmat, q, g, max_rank: int, prefix: str = "") -> tuple[dict, np.ndarray, np.ndarray]:
     (q_pids, q_cams), (g_pids, g_cams) = q, g
-    mean_ap, cmc = compute_map_cmc(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
-    ap, first = evaluate_ranks(distmat, q_pids, g_pids, q_cams, g_cams)
+    ap, first = evaluate_ranks(distmat, q_pids, g_pids, q_cams, g_cams)  # once: both summaries come from it
+    mean_ap, cmc = summarise_ranks(ap, first, min(max_rank, distmat.shape[1]))
     metrics = {f"{prefix}mAP": 100 * mean_ap, f"{prefix}valid_queries": int((first >= 0).sum()),
                **{f"{prefix}rank{k}": 100 * float(cmc[k - 1]) for k in (1, 5, 10) if k <= len(cmc)}}
     return metrics, cmc, np.where(first >= 0, ap, np.nan)
