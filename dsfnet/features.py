@@ -46,3 +46,33 @@ def extract_features(
         chunks.append(feats.cpu())
     model.train(was_training)
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
+def extract_branches(
+    model: torch.nn.Module,
+    records: Sequence[ImageRecord],
+    height: int,
+    width: int,
+    batch_size: int = 128,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    desc: str = "features",
+    progress: bool = True,
+) -> dict[str, np.ndarray | None]:
+    """Every branch of a `ReIDNet` for clustering: global (N, D), parts (N, P, D) or None, fused (N, D),
+    integration weights (N, P + 1) or None; all features L2-normalised, in record order."""
+    dataset = ImageDataset(records, build_test_transform(height, width))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_images)
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {"global": [], "parts": [], "fused": [], "weights": []}
+    embed = model.module.embed if hasattr(model, "module") else model.embed  # DDP wraps the network
+    for images, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        out = embed(images.to(device))
+        for name, value in zip(("global", "parts", "fused", "weights"), out, strict=True):
+            if value is not None:
+                chunks[name].append(value.float().cpu())
+    model.train(was_training)
+    return {name: torch.cat(values).numpy() if values else None for name, values in chunks.items()}

@@ -1,10 +1,49 @@
-"""Cluster memory and the ClusterNCE loss of the Cluster Contrast baseline."""
+"""Memories of the contrastive losses: cluster centroids (ClusterNCE) and SCNet's hard proxies."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dsfnet.distributed import gather_batch
+
+
+def occurrence_rank(targets: torch.Tensor) -> torch.Tensor:
+    """For each position, how many earlier positions hold the same target (0 for the first)."""
+    positions = torch.arange(len(targets), device=targets.device)
+    order = torch.argsort(targets, stable=True)
+    ordered = targets[order]
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    group_start = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), dim=0).values
+    rank = torch.empty_like(positions)
+    rank[order] = positions - group_start
+    return rank
+
+
+@torch.no_grad()
+def momentum_update(bank: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, momentum: float) -> None:
+    """bank[y] ← normalise(m·bank[y] + (1−m)·x), sample by sample in batch order.
+
+    Done in rounds of distinct targets (a P×K batch needs K rounds, not B steps): the same result as the
+    reference's per-sample loop, without a Python step per sample.
+    """
+    rank = occurrence_rank(targets)
+    for r in range(int(rank.max()) + 1 if len(rank) else 0):
+        chosen = rank == r
+        rows = targets[chosen]
+        bank[rows] = F.normalize(momentum * bank[rows] + (1.0 - momentum) * inputs[chosen].to(bank.dtype), dim=1)
+
+
+def centroids_of(features: torch.Tensor, labels: torch.Tensor, num_clusters: int | None = None) -> torch.Tensor:
+    """L2-normalised mean feature of each label 0..C-1 (label -1, outliers, ignored)."""
+    keep = labels >= 0
+    if num_clusters is None:
+        num_clusters = int(labels[keep].max()) + 1
+    sums = torch.zeros(num_clusters, features.shape[1]).index_add_(0, labels[keep], features[keep].float())
+    counts = torch.bincount(labels[keep], minlength=num_clusters).clamp(min=1).unsqueeze(1)
+    return F.normalize(sums / counts, dim=1)
 
 
 class ClusterMemory(nn.Module):
@@ -23,15 +62,11 @@ class ClusterMemory(nn.Module):
     @classmethod
     def from_labels(cls, features: torch.Tensor, labels: torch.Tensor, **kwargs) -> ClusterMemory:
         """Centroids are the mean feature of each cluster (outliers, label -1, ignored)."""
-        keep = labels >= 0
-        num_clusters = int(labels[keep].max()) + 1
-        sums = torch.zeros(num_clusters, features.shape[1]).index_add_(0, labels[keep], features[keep].float())
-        counts = torch.bincount(labels[keep], minlength=num_clusters).clamp(min=1).unsqueeze(1)
-        return cls(sums / counts, **kwargs)
+        return cls(centroids_of(features, labels), **kwargs)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """ClusterNCE: cross-entropy of the sample against all centroids at the given temperature."""
-        inputs = F.normalize(inputs, dim=1)
+        inputs = F.normalize(inputs.float(), dim=1)
         # a snapshot: the momentum update below must not touch the tensor autograd saved for backward
         logits = inputs @ self.features.clone().T / self.temperature
         loss = F.cross_entropy(logits, targets)
@@ -41,5 +76,33 @@ class ClusterMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        for x, y in zip(inputs, targets, strict=True):
-            self.features[y] = F.normalize(self.momentum * self.features[y] + (1.0 - self.momentum) * x, dim=0)
+        momentum_update(self.features, *gather_batch(inputs, targets), self.momentum)
+
+
+class HardProxyMemory(nn.Module):
+    """SCNet's dictionary: several proxies per cluster (its easy centroid and its hard sub-cluster centroids).
+
+    The loss contrasts each sample with the proxy of its own cluster it is *least* similar to (the hardest
+    positive) against every proxy of the other clusters; each sample then updates its own proxy by momentum.
+    """
+
+    def __init__(self, proxies: torch.Tensor, owners: torch.Tensor, temperature: float = 0.05,
+                 momentum: float = 0.1):
+        super().__init__()
+        self.temperature = temperature
+        self.momentum = momentum
+        self.register_buffer("features", F.normalize(proxies.detach().float(), dim=1).clone())
+        self.register_buffer("owners", owners.long().clone())
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, proxy_targets: torch.Tensor) -> torch.Tensor:
+        """`targets`: cluster of each sample; `proxy_targets`: the proxy it belongs to (and updates)."""
+        inputs = F.normalize(inputs.float(), dim=1)
+        logits = inputs @ self.features.clone().T / self.temperature  # (B, M)
+        own = self.owners.unsqueeze(0) == targets.unsqueeze(1)
+        hardest = logits.detach().masked_fill(~own, float("inf")).argmin(dim=1)
+        others_of_own = own.clone()
+        others_of_own[torch.arange(len(targets), device=targets.device), hardest] = False
+        loss = F.cross_entropy(logits.masked_fill(others_of_own, float("-inf")), hardest)
+        if self.training:
+            momentum_update(self.features, *gather_batch(inputs.detach(), proxy_targets), self.momentum)
+        return loss

@@ -1,7 +1,9 @@
-"""The unsupervised training loop: re-cluster every epoch, then contrast against cluster centroids.
+"""The unsupervised training loop: re-cluster every epoch, then contrast against the memories.
 
-This is the Cluster Contrast baseline. DSFNet's parts plug in at the marked seams: the features that
-are clustered and the distance (DDO), the clustering itself (SCNet), and the heads/losses (FINet).
+With every DSFNet part off this is the Cluster Contrast baseline. Per epoch: extract every branch →
+pseudo-labels (DDO: fused features and the global/part Jaccard mix; else the global feature) →
+SCNet's hard proxies → `DSFNetObjective` for `iters` steps. Runs on CPU, one GPU (AMP), or several
+through torchrun (DDP: clustering on rank 0, labels broadcast, memories kept identical on every rank).
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader
 
 from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
+from dsfnet.cluster.ddo import cluster_fused
+from dsfnet.cluster.scnet import HardProxies, secondary_clustering
+from dsfnet.config import DSFNetConfig
 from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, collate_images
 from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_train_transform
-from dsfnet.features import extract_features
-from dsfnet.memory import ClusterMemory
+from dsfnet.distributed import broadcast_buffers, broadcast_object, gather_rows, rank_and_world
+from dsfnet.features import extract_branches
+from dsfnet.objective import DSFNetObjective
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class TrainConfig:
     feature_batch_size: int = 128
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
 
 
 @dataclass
@@ -71,6 +78,20 @@ class EpochStats:
     jaccard_s: float
     dbscan_s: float
     train_s: float
+    pair_precision: float = float("nan")  # same-cluster pairs that share an identity (ground truth)
+    pair_recall: float = float("nan")  # same-identity pairs put in one cluster (ground truth)
+    hard_samples: int = 0  # SCNet: samples found hard (intra- or inter-class)
+    intra_hard: int = 0
+    inter_hard: int = 0
+    hard_proxies: int = 0  # SCNet: proxies in the hard-proxy memory
+    lambda_t: float = float("nan")  # DDO: weight of the part distances this epoch
+    agreement: float = float("nan")  # DDO: fused/part kNN agreement
+    weight_global: float = float("nan")  # FINet: mean integration weight of the global branch
+    weight_part: float = float("nan")  # FINet: mean integration weight of one part branch
+    loss_main: float = float("nan")
+    loss_global: float = float("nan")
+    loss_parts: float = float("nan")
+    loss_hard: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,19 +109,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _pairs(counts: np.ndarray) -> float:
+    return float((counts.astype(np.float64) * (counts - 1) / 2).sum())
+
+
 def label_quality(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Purity, NMI and ARI of the clustered (non-outlier) samples against ground-truth ids."""
+    """Purity, NMI, ARI and pairwise precision of the clustered samples against ground-truth ids;
+    pairwise recall over all samples (an identity left as outliers is a miss). Monitoring only."""
     kept = labels >= 0
     if not kept.any():
-        return {"purity": 0.0, "nmi": 0.0, "ari": 0.0}
+        return {"purity": 0.0, "nmi": 0.0, "ari": 0.0, "pair_precision": 0.0, "pair_recall": 0.0}
     lab, tru = labels[kept], truth[kept]
     _, tru_idx = np.unique(tru, return_inverse=True)
     table = np.zeros((lab.max() + 1, tru_idx.max() + 1), dtype=np.int64)
     np.add.at(table, (lab, tru_idx), 1)
+    together = _pairs(table)
+    predicted, actual = _pairs(table.sum(axis=1)), _pairs(np.unique(truth, return_counts=True)[1])
     return {
         "purity": float(table.max(axis=1).sum() / kept.sum()),
         "nmi": float(normalized_mutual_info_score(tru, lab)),
         "ari": float(adjusted_rand_score(tru, lab)),
+        "pair_precision": together / predicted if predicted else 0.0,
+        "pair_recall": together / actual if actual else 0.0,
     }
 
 
@@ -115,7 +145,7 @@ class TrainResult:
     labels: list[np.ndarray]  # pseudo-labels of every epoch, for monitoring
 
 
-def _save_state(path: Path, fingerprint: str, next_epoch: int, model, optimizer, scheduler,
+def _save_state(path: Path, fingerprint: str, next_epoch: int, model, optimizer, scheduler, scaler,
                 result: TrainResult, extra: dict) -> None:
     """Everything needed to continue after `next_epoch - 1` exactly as if never stopped; atomic write."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +155,7 @@ def _save_state(path: Path, fingerprint: str, next_epoch: int, model, optimizer,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
         "history": [h.as_dict() for h in result.history],
         "labels": result.labels,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -146,11 +177,56 @@ def load_resume_state(path: str | Path | None, fingerprint: str) -> dict | None:
     return state
 
 
+@dataclass
+class EpochLabels:
+    """One epoch's pseudo-labels and what produced them (rank 0 computes, every rank receives)."""
+
+    labels: np.ndarray
+    timings: dict[str, float]
+    proxies: HardProxies | None
+    extra: dict[str, float]
+
+
+def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetConfig, epoch: int,
+                  epochs: int) -> EpochLabels:
+    """DDO's fused clustering (or the baseline's on the global feature), then SCNet's hard proxies."""
+    extra: dict[str, float] = {}
+    if method.ddo.enabled:
+        fused = cluster_fused(branches["fused"], branches["parts"], cluster_config, method.ddo, epoch, epochs)
+        pseudo = fused.pseudo
+        extra.update(lambda_t=fused.lambda_t, agreement=fused.agreement)
+    else:
+        pseudo = cluster_features(branches["global"], cluster_config)
+    if pseudo.num_clusters == 0:
+        raise NoClusterError(
+            f"epoch {epoch}: DBSCAN found no cluster among {len(pseudo.labels)} samples "
+            f"(eps={cluster_config.eps}, min_samples={cluster_config.min_samples}); "
+            f"try a larger cluster.eps or a smaller cluster.min_samples")
+    proxies = None
+    if method.scnet.enabled:
+        start = time.perf_counter()
+        main = branches["fused"] if (method.finet.enabled or method.ddo.enabled) else branches["global"]
+        proxies = secondary_clustering(main, pseudo.labels, method.scnet.intra_quantile,
+                                       method.scnet.inter_margin, method.scnet.sub_distance)
+        pseudo.timings["dbscan_s"] += time.perf_counter() - start
+        extra.update(proxies.stats())
+    return EpochLabels(pseudo.labels, pseudo.timings, proxies, extra)
+
+
+def check_model_matches(model: torch.nn.Module, method: DSFNetConfig) -> None:
+    parts, fuse = getattr(model, "num_parts", 0), getattr(model, "fuse_parts", False)
+    if parts != method.num_parts or fuse != method.finet.enabled:
+        raise ValueError(f"the network has num_parts={parts}, fuse_parts={fuse} but the DSFNet settings need "
+                         f"num_parts={method.num_parts}, fuse_parts={method.finet.enabled}; build it with "
+                         f"dsfnet.models.build_model(model_config_for(config, method))")
+
+
 def train(
     model: torch.nn.Module,
     records: Sequence[ImageRecord],
     config: TrainConfig,
     cluster_config: ClusterConfig,
+    method: DSFNetConfig | None = None,
     on_epoch_end: Callable[[EpochStats, np.ndarray], None] | None = None,
     progress: bool = True,
     resume_path: str | Path | None = None,
@@ -159,18 +235,36 @@ def train(
 ) -> TrainResult:
     """Train `model` on unlabelled `records`; returns per-epoch statistics and pseudo-labels.
 
-    `on_epoch_end(stats, labels)` receives each epoch's statistics and pseudo-labels (for logging).
+    `method` switches DSFNet's parts (None: the Cluster Contrast baseline). `on_epoch_end(stats, labels)`
+    receives each epoch's statistics and pseudo-labels (for logging; rank 0 only under DDP).
     Record pids are never used for training, only to score pseudo-label quality.
     With `resume_path`, the full training state is saved there after every epoch, and a state saved by
     an interrupted run with the same `fingerprint` is picked up: the result equals an uninterrupted run.
     `extra` is stored with the state (e.g. a tracking run id) and returned by `load_resume_state`.
     """
+    method = method or DSFNetConfig.baseline()
+    method.check()
+    check_model_matches(model, method)
+    rank, world = rank_and_world()
     seed_everything(config.seed)
     device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     model.to(device)
+    use_amp = config.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    network = model
+    if world > 1:
+        # DDO without FINet keeps part branches that no loss reaches
+        unused = method.num_parts > 0 and not method.finet.enabled
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     truth = np.array([r.pid for r in records])
     camids = np.array([r.camid for r in records])
     transform = build_train_transform(config.height, config.width)
@@ -181,6 +275,8 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         result = TrainResult([EpochStats(**h) for h in state["history"]], list(state["labels"]))
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -190,71 +286,104 @@ def train(
 
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
-        features = extract_features(model, records, config.height, config.width, config.feature_batch_size,
-                                    config.workers, device, desc=f"epoch {epoch} features", progress=progress)
+        shard = records[rank::world]  # every rank embeds its shard; rows are re-interleaved below
+        branches = extract_branches(model, shard, config.height, config.width, config.feature_batch_size,
+                                    config.workers, device, desc=f"epoch {epoch} features",
+                                    progress=progress and rank == 0)
+        if world > 1:
+            branches = {k: gather_rows(v, len(records)) if v is not None else None for k, v in branches.items()}
         extract_s = time.perf_counter() - start
-        # --- seam: DDO (distance fusion) and SCNet (secondary clustering) replace this call ---
-        pseudo = cluster_features(features, cluster_config)
-        labels = pseudo.labels
-        if pseudo.num_clusters == 0:
-            raise NoClusterError(
-                f"epoch {epoch}: DBSCAN found no cluster among {len(labels)} samples "
-                f"(eps={cluster_config.eps}, min_samples={cluster_config.min_samples}); "
-                f"try a larger cluster.eps or a smaller cluster.min_samples")
+        clustered = pseudo_labels(branches, cluster_config, method, epoch, config.epochs) if rank == 0 else None
+        clustered = broadcast_object(clustered)
+        labels = clustered.labels
         sizes = np.bincount(labels[labels >= 0])
 
         start = time.perf_counter()
-        losses: list[float] = []
-        lr = optimizer.param_groups[0]["lr"]
-        memory = ClusterMemory.from_labels(torch.from_numpy(features), torch.from_numpy(labels),
-                                           temperature=config.temperature,
-                                           momentum=config.memory_momentum).to(device)
+        objective = DSFNetObjective(branches, labels, method, config.temperature, config.memory_momentum,
+                                    clustered.proxies).to(device)
         kept = np.flatnonzero(labels >= 0)
+        proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
         dataset = ImageDataset([records[i] for i in kept], transform, labels=labels[kept].tolist())
         sampler = CameraAwarePKSampler(labels[kept], camids[kept], config.num_instances,
-                                       seed=config.seed * 1000 + epoch)
+                                       seed=config.seed * 1000 + epoch + 7919 * rank)
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                             num_workers=config.workers, collate_fn=collate_images,
                             drop_last=len(sampler) >= config.batch_size,
                             persistent_workers=config.workers > 0)
         batches = _cycle(loader)
-        model.train()
-        memory.train()
+        lr = optimizer.param_groups[0]["lr"]
+        network.train()
+        objective.train()
+        losses: list[float] = []
+        terms: dict[str, list[float]] = {}
+        weights: list[np.ndarray] = []
         for _ in range(config.iters):
-            images, targets, _, _ = next(batches)
-            loss = memory(model(images.to(device)), targets.to(device))
+            images, targets, _, indices = next(batches)
+            targets = targets.to(device)
+            proxy_targets = torch.from_numpy(proxy_of[indices.numpy()]).to(device) if proxy_of is not None else None
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                out = network(images.to(device, non_blocking=True))
+            out = type(out)(*(t.float() if t is not None else None for t in out))  # losses in float32
+            loss, parts = objective(out, targets, proxy_targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(float(loss.detach()))
+            for name, value in parts.items():
+                terms.setdefault(name, []).append(value)
+            if out.weights is not None and method.finet.enabled:
+                weights.append(out.weights.detach().mean(dim=0).cpu().numpy())
         scheduler.step()
+        broadcast_buffers(model)  # every rank embeds next epoch's shard with the same network
 
-        stats = EpochStats(
-            epoch=epoch,
-            num_samples=len(labels),
-            num_clusters=pseudo.num_clusters,
-            num_outliers=pseudo.num_outliers,
-            outlier_ratio=pseudo.num_outliers / max(len(labels), 1),
-            mean_cluster_size=float(sizes.mean()),
-            max_cluster_size=int(sizes.max()),
-            min_cluster_size=int(sizes.min()),
-            loss=float(np.mean(losses)) if losses else float("nan"),
-            lr=lr,
-            extract_s=extract_s,
-            knn_s=pseudo.timings["knn_s"],
-            jaccard_s=pseudo.timings["jaccard_s"],
-            dbscan_s=pseudo.timings["dbscan_s"],
-            train_s=time.perf_counter() - start,
-            **label_quality(labels, truth),
-        )
-        log.info("epoch %d: %d clusters, %d outliers, purity %.3f, loss %.3f "
-                 "(features %.1fs, kNN %.1fs, Jaccard %.1fs, DBSCAN %.1fs, train %.1fs)", epoch, stats.num_clusters,
-                 stats.num_outliers, stats.purity, stats.loss, stats.extract_s, stats.knn_s, stats.jaccard_s,
-                 stats.dbscan_s, stats.train_s)
-        result.history.append(stats)
-        result.labels.append(labels)
-        if on_epoch_end is not None:
-            on_epoch_end(stats, labels)
-        if resume_path is not None:
-            _save_state(Path(resume_path), fingerprint, epoch + 1, model, optimizer, scheduler, result, extra or {})
+        if rank == 0:
+            stats = EpochStats(
+                epoch=epoch,
+                num_samples=len(labels),
+                num_clusters=int(sizes.size),
+                num_outliers=int((labels < 0).sum()),
+                outlier_ratio=float((labels < 0).mean()),
+                mean_cluster_size=float(sizes.mean()),
+                max_cluster_size=int(sizes.max()),
+                min_cluster_size=int(sizes.min()),
+                loss=float(np.mean(losses)) if losses else float("nan"),
+                lr=lr,
+                extract_s=extract_s,
+                knn_s=clustered.timings["knn_s"],
+                jaccard_s=clustered.timings["jaccard_s"],
+                dbscan_s=clustered.timings["dbscan_s"],
+                train_s=time.perf_counter() - start,
+                **label_quality(labels, truth),
+                **clustered.extra,
+                **{name: float(np.mean(values)) for name, values in terms.items()},
+                **_weight_stats(weights),
+            )
+            log.info("epoch %d: %d clusters, %d outliers, purity %.3f, loss %.3f%s%s "
+                     "(features %.1fs, kNN %.1fs, Jaccard %.1fs, DBSCAN+SCNet %.1fs, train %.1fs)", epoch,
+                     stats.num_clusters, stats.num_outliers, stats.purity, stats.loss,
+                     f", λ_t {stats.lambda_t:.2f}" if method.ddo.enabled else "",
+                     f", {stats.hard_samples} hard → {stats.hard_proxies} proxies" if method.scnet.enabled else "",
+                     stats.extract_s, stats.knn_s, stats.jaccard_s, stats.dbscan_s, stats.train_s)
+            result.history.append(stats)
+            result.labels.append(labels)
+            if on_epoch_end is not None:
+                on_epoch_end(stats, labels)
+            if resume_path is not None:
+                _save_state(Path(resume_path), fingerprint, epoch + 1, model, optimizer, scheduler, scaler,
+                            result, extra or {})
     return result
+
+
+def _weight_stats(weights: list[np.ndarray]) -> dict[str, float]:
+    if not weights:
+        return {}
+    mean = np.mean(weights, axis=0)
+    return {"weight_global": float(mean[0]), "weight_part": float(mean[1:].mean())}
+
+
+def model_config_for(config, method: DSFNetConfig):
+    """The model settings with the part branches DSFNet needs (FINet: learned integration)."""
+    from dataclasses import replace
+
+    return replace(config, num_parts=method.num_parts, fuse_parts=method.finet.enabled)

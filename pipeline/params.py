@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from dsfnet.cluster import ClusterConfig
+from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig
 from dsfnet.models import ModelConfig
 from dsfnet.trainer import TrainConfig
@@ -81,6 +82,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    dsfnet: DSFNetConfig = field(default_factory=DSFNetConfig)
     monitor: MonitorParams = field(default_factory=MonitorParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)

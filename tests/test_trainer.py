@@ -75,3 +75,35 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(records, uninterrupte
         np.testing.assert_array_equal(epoch_labels, expected)
     for name, tensor in weights(model).items():
         assert torch.equal(tensor, reference[name]), name
+
+
+def test_full_dsfnet_is_deterministic_and_resumes_to_the_same_result(records, tmp_path):
+    from dsfnet.config import DSFNetConfig
+    from dsfnet.trainer import model_config_for
+
+    method = DSFNetConfig()
+
+    def dsfnet_model(seed: int = 0):
+        seed_everything(seed)
+        return build_model(model_config_for(ModelConfig(), method))
+
+    reference_model = dsfnet_model()
+    reference = train(reference_model, records, CONFIG, CLUSTER, method, progress=False)
+    assert all(h.hard_proxies > 0 and 0 <= h.lambda_t <= 0.5 for h in reference.history)
+    assert all(abs(h.weight_global + 2 * h.weight_part - 1) < 1e-5 for h in reference.history)
+
+    def crash_in_epoch_three(stats, labels):
+        if stats.epoch == 2:
+            raise Crash("killed")
+
+    state = tmp_path / "last.pt"
+    with pytest.raises(Crash):
+        train(dsfnet_model(), records, CONFIG, CLUSTER, method, on_epoch_end=crash_in_epoch_three, progress=False,
+              resume_path=state, fingerprint="dsfnet")
+    model = dsfnet_model(seed=42)
+    resumed = train(model, records, CONFIG, CLUSTER, method, progress=False, resume_path=state, fingerprint="dsfnet")
+    for got, want in zip(resumed.history, reference.history, strict=True):
+        assert (got.num_clusters, got.hard_samples, got.hard_proxies, got.loss, got.lambda_t) == \
+               (want.num_clusters, want.hard_samples, want.hard_proxies, want.loss, want.lambda_t)
+    for name, tensor in weights(model).items():
+        assert torch.equal(tensor, weights(reference_model)[name]), name

@@ -1,5 +1,5 @@
 """Re-ID networks: a torchvision ResNet trunk with last stride 1, pooling and a BN neck."""
 
-from dsfnet.models.backbone import ModelConfig, ReIDNet, build_model
+from dsfnet.models.backbone import ModelConfig, ReIDNet, ReIDOutput, build_model
 
-__all__ = ["ModelConfig", "ReIDNet", "build_model"]
+__all__ = ["ModelConfig", "ReIDNet", "ReIDOutput", "build_model"]

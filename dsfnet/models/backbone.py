@@ -1,13 +1,15 @@
-"""Backbone + BN neck, the Cluster Contrast baseline network.
+"""Backbone + BN neck (the Cluster Contrast network), with FINet's part branches and integration head.
 
-In training mode the network returns the BN-neck feature (the memory normalises it); in eval mode it
-returns the L2-normalised feature used for clustering and retrieval.
+In training mode the network returns a `ReIDOutput` of BN-neck features (the memories normalise them);
+in eval mode it returns the one L2-normalised feature used for retrieval: FINet's fused feature when
+`fuse_parts`, else the global one. `embed()` gives every branch, L2-normalised, for clustering.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,17 @@ class ModelConfig:
     pretrained: str | None = None  # local path to ImageNet weights (torchvision state_dict); no downloads
     last_stride: int = 1
     pooling: str = "avg"  # avg (paper) or gem (reference code default)
+    num_parts: int = 0  # horizontal part branches (FINet); 0 = global branch only
+    fuse_parts: bool = False  # FINet: learned per-sample integration weights; the fused feature is the output
+
+
+class ReIDOutput(NamedTuple):
+    """Every branch of one batch. Features are BN-neck outputs (L2-normalised from `embed`)."""
+
+    global_: torch.Tensor  # (B, D)
+    parts: torch.Tensor | None  # (B, P, D), or None without part branches
+    fused: torch.Tensor  # (B, D), L2-normalised integration of global and parts (= global without parts)
+    weights: torch.Tensor | None  # (B, P + 1) integration weights, global first
 
 
 class GeneralizedMeanPooling(nn.Module):
@@ -31,8 +44,36 @@ class GeneralizedMeanPooling(nn.Module):
         self.p = nn.Parameter(torch.tensor(p))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), 1).pow(1.0 / self.p)
+    def forward(self, x: torch.Tensor, output_size: tuple[int, int] | int = 1) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), output_size).pow(1.0 / self.p)
+
+
+class AveragePooling(nn.Module):
+    def forward(self, x: torch.Tensor, output_size: tuple[int, int] | int = 1) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, output_size)
+
+
+def bn_neck(dim: int) -> nn.BatchNorm1d:
+    """BNNeck with a frozen zero bias, as in Cluster Contrast."""
+    neck = nn.BatchNorm1d(dim)
+    neck.bias.requires_grad_(False)
+    nn.init.constant_(neck.weight, 1.0)
+    nn.init.constant_(neck.bias, 0.0)
+    return neck
+
+
+class IntegrationHead(nn.Module):
+    """FINet's per-sample weights over the P + 1 branch features (softmax); starts uniform."""
+
+    def __init__(self, dim: int, branches: int, hidden: int = 128):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim * branches, hidden), nn.ReLU(inplace=True),
+                                   nn.Linear(hidden, branches))
+        nn.init.zeros_(self.score[2].weight)
+        nn.init.zeros_(self.score[2].bias)
+
+    def forward(self, normalised: torch.Tensor) -> torch.Tensor:  # (B, P + 1, D) → (B, P + 1)
+        return torch.softmax(self.score(normalised.flatten(1)), dim=1)
 
 
 class ReIDNet(nn.Module):
@@ -42,13 +83,11 @@ class ReIDNet(nn.Module):
             raise ValueError(f"model.arch must be one of {sorted(ARCHS)}, got {config.arch!r}")
         if config.pooling not in ("avg", "gem"):
             raise ValueError(f"model.pooling must be 'avg' or 'gem', got {config.pooling!r}")
+        if config.num_parts < 0 or (config.fuse_parts and config.num_parts == 0):
+            raise ValueError(f"model.num_parts must be >= 0 (and > 0 to fuse parts), got {config.num_parts}")
         resnet = ARCHS[config.arch](weights=None)
         if config.pretrained:
-            path = Path(config.pretrained)
-            if not path.is_file():
-                raise FileNotFoundError(f"model.pretrained: weights file {path} does not exist")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            resnet.load_state_dict(state)
+            load_pretrained(resnet, config.pretrained, config.arch)
         if config.last_stride == 1:
             block = resnet.layer4[0]
             strided_conv = block.conv2 if hasattr(block, "conv3") else block.conv1  # Bottleneck vs BasicBlock
@@ -59,16 +98,66 @@ class ReIDNet(nn.Module):
             resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
         )
         self.feature_dim = resnet.fc.in_features
-        self.pool = nn.AdaptiveAvgPool2d(1) if config.pooling == "avg" else GeneralizedMeanPooling()
-        self.neck = nn.BatchNorm1d(self.feature_dim)
-        self.neck.bias.requires_grad_(False)
-        nn.init.constant_(self.neck.weight, 1.0)
-        nn.init.constant_(self.neck.bias, 0.0)
+        self.num_parts = config.num_parts
+        self.fuse_parts = config.fuse_parts
+        self.pool = AveragePooling() if config.pooling == "avg" else GeneralizedMeanPooling()
+        self.neck = bn_neck(self.feature_dim)
+        self.part_necks = nn.ModuleList(bn_neck(self.feature_dim) for _ in range(config.num_parts))
+        self.integration = IntegrationHead(self.feature_dim, config.num_parts + 1) if config.fuse_parts else None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(self.trunk(images)).flatten(1)
-        feature = self.neck(pooled)
-        return feature if self.training else F.normalize(feature, dim=1)
+    def branches(self, images: torch.Tensor) -> ReIDOutput:
+        """All branches: BN-neck global and part features, integration weights and the fused feature."""
+        fmap = self.trunk(images)
+        global_ = self.neck(self.pool(fmap).flatten(1))
+        if not self.num_parts:
+            return ReIDOutput(global_, None, F.normalize(global_, dim=1), None)
+        stripes = self.pool(fmap, (self.num_parts, 1)).flatten(2)  # (B, D, P): horizontal stripes
+        parts = torch.stack([neck(stripes[:, :, p]) for p, neck in enumerate(self.part_necks)], dim=1)
+        normalised = F.normalize(torch.cat([global_.unsqueeze(1), parts], dim=1), dim=2)
+        if self.integration is not None:
+            weights = self.integration(normalised)
+        else:  # parts without FINet (DDO alone): a uniform mix, used only for clustering
+            weights = normalised.new_full(normalised.shape[:2], 1.0 / normalised.shape[1])
+        fused = F.normalize((weights.unsqueeze(2) * normalised).sum(dim=1), dim=1)
+        return ReIDOutput(global_, parts, fused, weights)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> ReIDOutput:
+        """Every branch, L2-normalised, in eval mode: what clustering and DDO work on."""
+        out = self.branches(images)
+        parts = F.normalize(out.parts, dim=2) if out.parts is not None else None
+        return ReIDOutput(F.normalize(out.global_, dim=1), parts, out.fused, out.weights)
+
+    def forward(self, images: torch.Tensor) -> ReIDOutput | torch.Tensor:
+        out = self.branches(images)
+        if self.training:
+            return out
+        return out.fused if self.fuse_parts else F.normalize(out.global_, dim=1)
+
+
+def load_pretrained(resnet: nn.Module, path: str | Path, arch: str) -> None:
+    """ImageNet weights from a local torchvision state_dict (or a checkpoint holding one under 'state_dict')."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained: weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"model.pretrained: {path} is not a readable torch weights file ({error})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = resnet.state_dict()
+    missing = sorted(set(expected) - set(state) - {"fc.weight", "fc.bias"})
+    wrong = sorted(k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or wrong:
+        detail = f"{len(missing)} missing tensors (e.g. {missing[:3]})" if missing else ""
+        if wrong:
+            detail += ("; " if detail else "") + f"{len(wrong)} with other shapes (e.g. {wrong[0]}: " \
+                      f"{tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)})"
+        raise ValueError(f"model.pretrained: {path} does not match model.arch={arch}: {detail}")
+    resnet.load_state_dict({k: v for k, v in state.items() if k in expected and k not in ("fc.weight", "fc.bias")},
+                           strict=False)
 
 
 def build_model(config: ModelConfig) -> ReIDNet:

@@ -14,8 +14,9 @@ import pandas as pd
 
 from dsfnet.checkpoint import save_checkpoint
 from dsfnet.data import read_manifest
+from dsfnet.distributed import init_from_environment, is_main_process
 from dsfnet.models import build_model
-from dsfnet.trainer import EpochStats, load_resume_state, seed_everything, train
+from dsfnet.trainer import EpochStats, load_resume_state, model_config_for, seed_everything, train
 from pipeline import tracking
 from pipeline.cli import StageFailed, run_stage
 from pipeline.io import write_csv, write_json
@@ -28,10 +29,15 @@ log = logging.getLogger(__name__)
 def fingerprint(params: Params) -> str:
     """What a resumable state must match: the training parameters and the exact manifest."""
     relevant = {k: v for k, v in tracking.flatten(params).items()
-                if k.split(".")[0] in ("dataset", "model", "train", "cluster")}
+                if k.split(".")[0] in ("dataset", "model", "train", "cluster", "dsfnet")}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
     digest.update(MANIFEST.read_bytes())
     return digest.hexdigest()
+
+
+def method_tag(params: Params) -> str:
+    on = [name for name in ("finet", "scnet", "ddo") if getattr(params.dsfnet, name).enabled]
+    return "dsfnet" if len(on) == 3 else ("cluster-contrast" + "".join(f"+{n}" for n in on))
 
 
 def train_stage(params: Params) -> None:
@@ -39,14 +45,19 @@ def train_stage(params: Params) -> None:
 
     The state after every epoch goes to checkpoints/train/last.pt (outside DVC's outputs, which DVC
     deletes before a stage runs): re-running after a crash resumes there, in the same MLflow run.
+    Under `torchrun --nproc_per_node N -m pipeline.stages.train` every rank trains (DDP) and only
+    rank 0 tracks, checkpoints and writes outputs.
     """
     dataset = read_manifest(MANIFEST, name=params.dataset.name)
     if len(dataset.train) < params.cluster.min_samples:
         raise StageFailed(f"train split has {len(dataset.train)} images, fewer than "
                           f"cluster.min_samples={params.cluster.min_samples}")
+    params.dsfnet.check()
+    model_config = model_config_for(params.model, params.dsfnet)
     seed_everything(params.train.seed)  # the initial weights too: same seed, same run
-    model = build_model(params.model)  # a bad model.pretrained path fails here, before any training
-    tracking.configure(params.mlflow)
+    model = build_model(model_config)  # a bad model.pretrained path fails here, before any training
+    init_from_environment()
+    main_process = is_main_process()
     key = fingerprint(params)
     resumed = load_resume_state(RESUME_STATE, key)
     run_id = resumed["extra"].get("run_id") if resumed else None
@@ -55,20 +66,26 @@ def train_stage(params: Params) -> None:
         mlflow.log_metrics(tracking.finite(stats.as_dict()), step=stats.epoch)
 
     start = time.perf_counter()
+    if not main_process:
+        train(model, dataset.train, params.train, params.cluster, params.dsfnet, progress=False)
+        return
+    tracking.configure(params.mlflow)
     with mlflow.start_run(run_id=run_id, run_name=f"{params.dataset.name}-{params.model.arch}") as run:
         if resumed is None:
-            mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": "cluster-contrast"})
+            mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": method_tag(params)})
             mlflow.log_params(tracking.flatten(params))
-        result = train(model, dataset.train, params.train, params.cluster, on_epoch_end=on_epoch_end,
+        result = train(model, dataset.train, params.train, params.cluster, params.dsfnet, on_epoch_end=on_epoch_end,
                        resume_path=RESUME_STATE, fingerprint=key, extra={"run_id": run.info.run_id})
         total_s = time.perf_counter() - start
-        save_checkpoint(CHECKPOINT, model, params.model, params.train.height, params.train.width,
-                        extra={"dataset": params.dataset.name, "epochs": len(result.history)})
+        save_checkpoint(CHECKPOINT, model, model_config, params.train.height, params.train.width,
+                        extra={"dataset": params.dataset.name, "epochs": len(result.history),
+                               "method": method_tag(params)})
         last = result.history[-1].as_dict()
         metrics = {
             **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in last.items()},
             "train_minutes": total_s / 60.0,
             "resumed_at_epoch": resumed["next_epoch"] if resumed else None,
+            "method": method_tag(params),
         }
         mlflow.log_metric("train_minutes", metrics["train_minutes"])
 

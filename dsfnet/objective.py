@@ -1,0 +1,63 @@
+"""The training loss of one epoch: ClusterNCE on the main feature plus FINet's and SCNet's terms.
+
+    L = L_nce(main) + w_g·L_nce(global) + w_p·mean_p L_nce(part_p) + λ_hard·L_hard(main)
+
+The main feature is FINet's fused one when FINet is on, else the global one (the baseline). Every
+memory is built from the epoch's extracted features and keyed by the same pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dsfnet.cluster.scnet import HardProxies
+from dsfnet.config import DSFNetConfig
+from dsfnet.memory import ClusterMemory, HardProxyMemory, centroids_of
+from dsfnet.models import ReIDOutput
+
+
+class DSFNetObjective(nn.Module):
+    def __init__(self, branches: dict[str, np.ndarray | None], labels: np.ndarray, config: DSFNetConfig,
+                 temperature: float = 0.05, momentum: float = 0.1, proxies: HardProxies | None = None):
+        super().__init__()
+        self.config = config
+        labels_t = torch.from_numpy(np.asarray(labels)).long()
+        num_clusters = int(labels_t.max()) + 1
+
+        def memory(features: np.ndarray) -> ClusterMemory:
+            centroids = centroids_of(torch.from_numpy(features), labels_t, num_clusters)
+            return ClusterMemory(centroids, temperature=temperature, momentum=momentum)
+
+        self.main_key = "fused" if config.finet.enabled else "global"
+        self.main = memory(branches[self.main_key])
+        self.global_memory = memory(branches["global"]) if config.finet.enabled else None
+        self.part_memories = nn.ModuleList(
+            memory(branches["parts"][:, p]) for p in range(branches["parts"].shape[1])
+        ) if config.finet.enabled else nn.ModuleList()
+        self.hard = None
+        if config.scnet.enabled:
+            if proxies is None:
+                raise ValueError("SCNet is enabled but no hard proxies were given")
+            self.hard = HardProxyMemory(torch.from_numpy(proxies.proxies), torch.from_numpy(proxies.owners),
+                                        temperature=temperature, momentum=momentum)
+
+    def forward(self, out: ReIDOutput, targets: torch.Tensor,
+                proxy_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total loss and its terms (floats, for logging)."""
+        main = out.fused if self.main_key == "fused" else out.global_
+        terms = {"loss_main": self.main(main, targets)}
+        total = terms["loss_main"]
+        if self.global_memory is not None:
+            terms["loss_global"] = self.global_memory(out.global_, targets)
+            part_losses = [m(out.parts[:, p], targets) for p, m in enumerate(self.part_memories)]
+            terms["loss_parts"] = torch.stack(part_losses).mean()
+            total = total + self.config.finet.global_weight * terms["loss_global"] \
+                + self.config.finet.part_weight * terms["loss_parts"]
+        if self.hard is not None:
+            if proxy_targets is None:
+                raise ValueError("SCNet's hard-proxy term needs each sample's proxy")
+            terms["loss_hard"] = self.hard(main, targets, proxy_targets)
+            total = total + self.config.scnet.lambda_hard * terms["loss_hard"]
+        return total, {name: float(value.detach()) for name, value in terms.items()}

@@ -1,0 +1,238 @@
+"""DSFNet's parts against literal reference computations: FINet heads, memories, SCNet, DDO, pair scores."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from dsfnet.cluster.ddo import dynamic_lambda, fuse_distances, neighbourhood_agreement
+from dsfnet.cluster.jaccard import jaccard_distance
+from dsfnet.cluster.scnet import secondary_clustering
+from dsfnet.config import DDOConfig, DSFNetConfig, FINetConfig, SCNetConfig
+from dsfnet.memory import HardProxyMemory, momentum_update, occurrence_rank
+from dsfnet.models import ModelConfig, build_model
+from dsfnet.objective import DSFNetObjective
+from dsfnet.trainer import check_model_matches, label_quality
+
+
+def finet_model(parts: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(num_parts=parts, fuse_parts=True))
+
+
+def test_finet_branches_are_bn_necks_of_horizontal_stripes():
+    model = finet_model(parts=2).eval()
+    images = torch.randn(3, 3, 64, 32)
+    out = model.branches(images)
+    fmap = model.trunk(images)  # (3, 512, 16, 8) at last stride 1
+    top, bottom = fmap[:, :, : fmap.shape[2] // 2].mean(dim=(2, 3)), fmap[:, :, fmap.shape[2] // 2 :].mean(dim=(2, 3))
+    torch.testing.assert_close(out.parts[:, 0], model.part_necks[0](top))
+    torch.testing.assert_close(out.parts[:, 1], model.part_necks[1](bottom))
+    torch.testing.assert_close(out.global_, model.neck(fmap.mean(dim=(2, 3))))
+    # integration starts uniform; the fused feature is the normalised weighted sum of normalised branches
+    torch.testing.assert_close(out.weights, torch.full((3, 3), 1 / 3))
+    branches = torch.stack([F.normalize(out.global_, dim=1), F.normalize(out.parts[:, 0], dim=1),
+                            F.normalize(out.parts[:, 1], dim=1)], dim=1)
+    torch.testing.assert_close(out.fused, F.normalize(branches.mean(dim=1), dim=1))
+    torch.testing.assert_close(model(images), out.fused)  # eval output: the fused feature
+
+
+def test_finet_weights_are_per_sample_and_sum_to_one():
+    model = finet_model(parts=3)
+    torch.nn.init.normal_(model.integration.score[2].weight, std=1.0)
+    out = model.train().branches(torch.randn(4, 3, 48, 24))
+    assert out.parts.shape == (4, 3, 512) and out.weights.shape == (4, 4)
+    torch.testing.assert_close(out.weights.sum(dim=1), torch.ones(4))
+    assert not torch.allclose(out.weights[0], out.weights[1])
+
+
+def test_baseline_network_keeps_its_parameter_names():
+    names = set(build_model(ModelConfig()).state_dict())
+    assert {"neck.weight", "neck.bias", "neck.running_mean"} <= names
+    assert not any(n.startswith(("part_necks", "integration")) for n in names)
+
+
+def test_model_settings_must_match_the_method():
+    with pytest.raises(ValueError, match="num_parts=0.*need num_parts=2"):
+        check_model_matches(build_model(ModelConfig()), DSFNetConfig())
+
+
+def test_pretrained_weights_missing_or_for_another_arch_fail_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.pretrained: weights file .*nope.pth does not exist"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "nope.pth")))
+    r50 = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), r50)
+    with pytest.raises(ValueError, match="does not match model.arch=resnet18"):
+        build_model(ModelConfig(arch="resnet18", pretrained=str(r50)))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable torch weights file"):
+        build_model(ModelConfig(pretrained=str(junk)))
+    torch.manual_seed(5)
+    r18 = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(r18.state_dict(), path)
+    model = build_model(ModelConfig(arch="resnet18", pretrained=str(path)))
+    torch.testing.assert_close(model.trunk[0].weight, r18.conv1.weight)
+    torch.testing.assert_close(model.trunk[7][1].conv2.weight, r18.layer4[1].conv2.weight)
+
+
+def test_vectorised_momentum_update_equals_the_sample_by_sample_loop():
+    torch.manual_seed(1)
+    bank = F.normalize(torch.randn(6, 16), dim=1)
+    inputs = F.normalize(torch.randn(20, 16), dim=1)
+    targets = torch.tensor([3, 1, 3, 3, 0, 5, 1, 3, 2, 2, 0, 5, 5, 4, 3, 1, 1, 0, 2, 3])
+    expected = bank.clone()
+    for x, y in zip(inputs, targets, strict=True):
+        expected[y] = F.normalize(0.2 * expected[y] + 0.8 * x, dim=0)
+    np.testing.assert_array_equal(occurrence_rank(targets).numpy(),
+                                  [int((targets[:i] == t).sum()) for i, t in enumerate(targets)])
+    momentum_update(bank, inputs, targets, 0.2)
+    torch.testing.assert_close(bank, expected, rtol=0, atol=1e-6)
+
+
+def test_hard_proxy_loss_uses_the_hardest_own_proxy_against_other_clusters():
+    torch.manual_seed(2)
+    proxies = F.normalize(torch.randn(7, 8), dim=1)
+    owners = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    memory = HardProxyMemory(proxies, owners, temperature=0.1, momentum=0.5)
+    inputs = torch.randn(4, 8, requires_grad=True)
+    targets, proxy_targets = torch.tensor([1, 0, 2, 1]), torch.tensor([3, 0, 6, 2])
+    loss = memory(inputs, targets, proxy_targets)
+    x = F.normalize(inputs.detach(), dim=1)
+    expected = []
+    for i in range(4):
+        sims = x[i] @ proxies.T / 0.1
+        own = [j for j in range(7) if owners[j] == targets[i]]
+        positive = min(own, key=lambda j: float(sims[j]))
+        negatives = [j for j in range(7) if owners[j] != targets[i]]
+        logits = torch.stack([sims[positive]] + [sims[j] for j in negatives])
+        expected.append(-torch.log_softmax(logits, dim=0)[0])
+    assert float(loss) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    loss.backward()
+    assert inputs.grad is not None and torch.isfinite(inputs.grad).all()
+    torch.testing.assert_close(memory.features[3], F.normalize(0.5 * proxies[3] + 0.5 * x[0], dim=0))
+    torch.testing.assert_close(memory.features[1], proxies[1])  # no sample of proxy 1 in the batch
+
+
+def _unit(*rows):
+    x = np.array(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_secondary_clustering_finds_hard_samples_and_their_sub_clusters():
+    # cluster 0: three members near e0 and two outlying modes (a pair near e1, one near e2);
+    # cluster 1: near e3, one member (index 8) that sits closer to cluster 0's centroid.
+    features = _unit([1, .05, 0, 0], [1, 0, .05, 0], [1, 0, 0, .05], [.3, 1, 0, 0], [.3, 1, .05, 0],
+                     [.3, 0, 1, 0], [0, 0, 0, 1], [0, .05, 0, 1], [1, .2, .2, .3], [.02, 0, 0, 1])
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    proxies = secondary_clustering(features, labels, intra_quantile=0.5, inter_margin=0.0, sub_distance=0.2)
+    # literal definitions
+    centroids = np.stack([features[labels == c].mean(0) for c in (0, 1)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    sims = features @ centroids.T
+    own = sims[np.arange(10), labels]
+    expected_inter = sims[np.arange(10), 1 - labels] > own
+    expected_intra = np.zeros(10, dtype=bool)
+    for c in (0, 1):
+        members = np.flatnonzero(labels == c)
+        expected_intra[members[np.argsort(own[members])[: len(members) // 2]]] = True
+    np.testing.assert_array_equal(proxies.inter_hard, expected_inter)
+    np.testing.assert_array_equal(proxies.intra_hard, expected_intra)
+    assert proxies.inter_hard[8] and expected_intra[[3, 4, 5]].all()
+    # cluster 0: easy proxy {0,1,2}, sub-clusters {3,4} and {5}
+    groups = {tuple(np.flatnonzero(proxies.assignment == p)) for p in range(len(proxies.proxies))}
+    assert {(0, 1, 2), (3, 4), (5,)} <= groups
+    for p, members in enumerate(np.flatnonzero(proxies.assignment == p) for p in range(len(proxies.proxies))):
+        mean = features[members].mean(0)
+        np.testing.assert_allclose(proxies.proxies[p], mean / np.linalg.norm(mean), atol=1e-6)
+        assert set(labels[members]) == {proxies.owners[p]}
+    assert proxies.stats()["hard_samples"] == int((expected_inter | expected_intra).sum())
+
+
+def test_secondary_clustering_keeps_outliers_out():
+    features = _unit([1, 0], [1, .1], [0, 1], [.1, 1], [1, 1])
+    proxies = secondary_clustering(features, np.array([0, 0, 1, 1, -1]), intra_quantile=0.0)
+    assert proxies.assignment[4] == -1 and not proxies.hard[4]
+    with pytest.raises(ValueError, match="every label is -1"):
+        secondary_clustering(features, np.full(5, -1))
+
+
+def test_fused_distance_equals_the_dense_weighted_mix(make_clustered):
+    features, _ = make_clustered(num_ids=8, per_id=6, dim=16, noise=0.4)
+    parts = [make_clustered(num_ids=8, per_id=6, dim=16, noise=0.6, seed=s)[0] for s in (1, 2)]
+    distances = [jaccard_distance(x, k1=8, k2=3) for x in (features, *parts)]
+
+    def dense(d: sp.csr_matrix) -> np.ndarray:
+        out = np.ones(d.shape)
+        coo = d.tocoo()
+        out[coo.row, coo.col] = coo.data
+        return out
+
+    mixed = fuse_distances(distances, [0.6, 0.2, 0.2])
+    expected = 0.6 * dense(distances[0]) + 0.2 * dense(distances[1]) + 0.2 * dense(distances[2])
+    np.testing.assert_allclose(dense(mixed), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="sum to 1"):
+        fuse_distances(distances[:2], [0.5, 0.6])
+
+
+def test_neighbourhood_agreement_and_lambda_schedule():
+    a = np.array([[0, 1, 2], [1, 2, 3]])
+    b = np.array([[0, 2, 5], [1, 4, 6]])
+    assert neighbourhood_agreement(a, b) == pytest.approx((2 / 3 + 1 / 3) / 2)
+    schedule = DDOConfig(lambda_mode="schedule", lambda_start=0.5, lambda_end=0.1)
+    assert dynamic_lambda(schedule, 0, 11, 0.9) == pytest.approx(0.5)
+    assert dynamic_lambda(schedule, 10, 11, 0.9) == pytest.approx(0.1)
+    assert dynamic_lambda(DDOConfig(lambda_mode="agreement", lambda_max=0.4), 3, 11, 0.75) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="dsfnet.ddo.lambda_mode"):
+        DDOConfig(lambda_mode="cosine").check()
+
+
+def test_pairwise_precision_and_recall_count_pairs():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(-1, 4, size=40)
+    truth = rng.integers(0, 5, size=40)
+    same_cluster = same_id = both = 0
+    for i, j in itertools.combinations(range(40), 2):
+        clustered = labels[i] >= 0 and labels[i] == labels[j]
+        same_cluster += clustered
+        same_id += truth[i] == truth[j]
+        both += clustered and truth[i] == truth[j]
+    quality = label_quality(labels, truth)
+    assert quality["pair_precision"] == pytest.approx(both / same_cluster)
+    assert quality["pair_recall"] == pytest.approx(both / same_id)
+
+
+def test_objective_is_the_weighted_sum_of_its_terms():
+    torch.manual_seed(3)
+    n, dim, parts = 24, 8, 2
+    labels = np.repeat(np.arange(4), 6)
+    branches = {"global": F.normalize(torch.randn(n, dim), dim=1).numpy(),
+                "parts": F.normalize(torch.randn(n, parts, dim), dim=2).numpy(),
+                "fused": F.normalize(torch.randn(n, dim), dim=1).numpy()}
+    config = DSFNetConfig(FINetConfig(global_weight=0.5, part_weight=2.0), SCNetConfig(lambda_hard=0.25), DDOConfig())
+    proxies = secondary_clustering(branches["fused"], labels, intra_quantile=0.3)
+    objective = DSFNetObjective(branches, labels, config, temperature=0.05, proxies=proxies).eval()
+    from dsfnet.models import ReIDOutput
+
+    out = ReIDOutput(torch.randn(5, dim), torch.randn(5, parts, dim), F.normalize(torch.randn(5, dim), dim=1), None)
+    targets = torch.tensor([0, 1, 1, 3, 2])
+    proxy_targets = torch.from_numpy(proxies.assignment[[0, 6, 7, 18, 12]])
+    total, terms = objective(out, targets, proxy_targets)
+    expected = terms["loss_main"] + 0.5 * terms["loss_global"] + 2.0 * terms["loss_parts"] + 0.25 * terms["loss_hard"]
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    centroid = F.normalize(torch.from_numpy(branches["fused"][labels == 1]).mean(0), dim=0)
+    torch.testing.assert_close(objective.main.features[1], centroid)  # FINet: the main memory holds fused features
+    part_loss = np.mean([float(F.cross_entropy(F.normalize(out.parts[:, p], dim=1)
+                                               @ objective.part_memories[p].features.T / 0.05, targets))
+                         for p in range(parts)])
+    assert terms["loss_parts"] == pytest.approx(part_loss, rel=1e-5)
+    baseline = DSFNetObjective(branches, labels, DSFNetConfig.baseline()).eval()
+    total, terms = baseline(out, targets)
+    assert set(terms) == {"loss_main"} and float(total) == pytest.approx(terms["loss_main"])
