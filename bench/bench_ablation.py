@@ -36,17 +36,19 @@ VARIANTS = {
 }
 
 
-def method(variant: str) -> DSFNetConfig:
+def method(variant: str, positive: str = "own") -> DSFNetConfig:
     finet, scnet, ddo = VARIANTS[variant]
-    return DSFNetConfig(FINetConfig(enabled=finet), SCNetConfig(enabled=scnet), DDOConfig(enabled=ddo))
+    return DSFNetConfig(FINetConfig(enabled=finet), SCNetConfig(enabled=scnet, positive=positive),
+                        DDOConfig(enabled=ddo))
 
 
 def arrays(records):
     return np.array([r.pid for r in records]), np.array([r.camid for r in records])
 
 
-def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: ClusterConfig) -> dict:
-    settings = method(variant)
+def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: ClusterConfig,
+            positive: str = "own") -> dict:
+    settings = method(variant, positive)
     seed_everything(seed)
     model = build_model(model_config_for(ModelConfig(arch="resnet18"), settings))
     start = time.perf_counter()
@@ -88,28 +90,40 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--profile", default="default")
     parser.add_argument("--eps", type=float, default=0.5)
+    parser.add_argument("--camera-norm", action="store_true", help="cluster on camera-normalised features")
+    parser.add_argument("--scnet-positive", default="own", choices=["own", "hardest"])
     parser.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
     args = parser.parse_args()
     config = TrainConfig(epochs=args.epochs, iters=args.iters, batch_size=64, num_instances=4, height=64, width=32,
                          workers=0, device="cpu")
-    cluster = ClusterConfig(k1=30, k2=6, eps=args.eps, min_samples=4)
-    rows = json.loads(args.out.read_text()) if args.out.is_file() else []
+    cluster = ClusterConfig(k1=30, k2=6, eps=args.eps, min_samples=4, camera_norm=args.camera_norm)
+    settings = (f"{args.profile} e{args.epochs}x{args.iters} eps{args.eps} camera_norm={args.camera_norm} "
+                f"scnet.positive={args.scnet_positive}")
+    rows = json.loads(args.out.read_text()) if args.out.is_file() else []  # every setting's runs stay in the file
     args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def done(variant: str, seed: int) -> bool:
+        return any(r == (variant, seed, settings) for r in ((r["variant"], r["seed"], r.get("settings")) for r in rows))
+
+    # baseline and full over every seed first: the comparison that matters lands first
+    first = [v for v in ("baseline", "full") if v in args.variants]
+    plan = [(v, s) for v in first for s in args.seeds]
+    plan += [(v, s) for s in args.seeds for v in args.variants if v not in first]
     with tempfile.TemporaryDirectory() as root:
         data = generate_synthetic(root, SyntheticConfig(profile=args.profile, height=128, width=64), progress=False)
         print(f"synthetic/{args.profile}: {len(data.train)} train, {len(data.query)} query, "
-              f"{len(data.gallery)} gallery; {args.epochs} epochs × {args.iters} iters", flush=True)
-        for seed in args.seeds:
-            for variant in args.variants:
-                if any(r["variant"] == variant and r["seed"] == seed for r in rows):
-                    continue
-                row = run_one(data, variant, seed, config, cluster)
-                rows.append(row)
-                args.out.write_text(json.dumps(rows, indent=1))
-                print(f"{variant:>9} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "
-                      f"purity {row['purity']:.3f} ({row['minutes']:.1f} min)", flush=True)
-    print(table(rows, args.variants))
-
+              f"{len(data.gallery)} gallery; {settings}", flush=True)
+        for variant, seed in plan:
+            if done(variant, seed):
+                continue
+            row = run_one(data, variant, seed, config, cluster, args.scnet_positive)
+            row["settings"] = settings
+            rows.append(row)
+            args.out.write_text(json.dumps(rows, indent=1))
+            print(f"{variant:>9} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "
+                  f"purity {row['purity']:.3f} ({row['minutes']:.1f} min)", flush=True)
+    print(settings)
+    print(table([r for r in rows if r.get("settings") == settings], args.variants))
 
 if __name__ == "__main__":
     main()

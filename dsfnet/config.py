@@ -36,12 +36,15 @@ class SCNetConfig:
     inter_margin: float = 0.0  # hard if sim(other centroid) > sim(own centroid) - margin
     sub_distance: float = 0.3  # cosine distance at which secondary (average-linkage) clustering stops merging
     lambda_hard: float = 0.5  # weight of the hard-proxy contrastive term
+    positive: str = "own"  # own (the sample's proxy) | hardest (the least similar proxy of its cluster)
 
     def check(self) -> None:
         if not 0.0 <= self.intra_quantile < 1.0:
             raise ValueError(f"dsfnet.scnet.intra_quantile must be in [0, 1), got {self.intra_quantile}")
         if not 0.0 < self.sub_distance <= 2.0:
             raise ValueError(f"dsfnet.scnet.sub_distance must be in (0, 2], got {self.sub_distance}")
+        if self.positive not in ("own", "hardest"):
+            raise ValueError(f"dsfnet.scnet.positive must be 'own' or 'hardest', got {self.positive!r}")
         if self.lambda_hard < 0:
             raise ValueError(f"dsfnet.scnet.lambda_hard must be >= 0, got {self.lambda_hard}")
 

@@ -82,13 +82,18 @@ class ClusterMemory(nn.Module):
 class HardProxyMemory(nn.Module):
     """SCNet's dictionary: several proxies per cluster (its easy centroid and its hard sub-cluster centroids).
 
-    The loss contrasts each sample with the proxy of its own cluster it is *least* similar to (the hardest
-    positive) against every proxy of the other clusters; each sample then updates its own proxy by momentum.
+    The loss contrasts each sample with one positive proxy of its own cluster against every proxy of the
+    other clusters. The positive is the sample's own proxy (`positive="own"`: the cluster keeps its modes)
+    or the own-cluster proxy it is least similar to (`"hardest"`: pulls the modes together). Each sample
+    then updates its own proxy by momentum.
     """
 
     def __init__(self, proxies: torch.Tensor, owners: torch.Tensor, temperature: float = 0.05,
-                 momentum: float = 0.1):
+                 momentum: float = 0.1, positive: str = "own"):
         super().__init__()
+        if positive not in ("own", "hardest"):
+            raise ValueError(f"dsfnet.scnet.positive must be 'own' or 'hardest', got {positive!r}")
+        self.positive = positive
         self.temperature = temperature
         self.momentum = momentum
         self.register_buffer("features", F.normalize(proxies.detach().float(), dim=1).clone())
@@ -99,10 +104,13 @@ class HardProxyMemory(nn.Module):
         inputs = F.normalize(inputs.float(), dim=1)
         logits = inputs @ self.features.clone().T / self.temperature  # (B, M)
         own = self.owners.unsqueeze(0) == targets.unsqueeze(1)
-        hardest = logits.detach().masked_fill(~own, float("inf")).argmin(dim=1)
+        if self.positive == "hardest":
+            positive = logits.detach().masked_fill(~own, float("inf")).argmin(dim=1)
+        else:
+            positive = proxy_targets
         others_of_own = own.clone()
-        others_of_own[torch.arange(len(targets), device=targets.device), hardest] = False
-        loss = F.cross_entropy(logits.masked_fill(others_of_own, float("-inf")), hardest)
+        others_of_own[torch.arange(len(targets), device=targets.device), positive] = False
+        loss = F.cross_entropy(logits.masked_fill(others_of_own, float("-inf")), positive)
         if self.training:
             momentum_update(self.features, *gather_batch(inputs.detach(), proxy_targets), self.momentum)
         return loss

@@ -41,7 +41,8 @@ class DSFNetObjective(nn.Module):
             if proxies is None:
                 raise ValueError("SCNet is enabled but no hard proxies were given")
             self.hard = HardProxyMemory(torch.from_numpy(proxies.proxies), torch.from_numpy(proxies.owners),
-                                        temperature=temperature, momentum=momentum)
+                                        temperature=temperature, momentum=momentum,
+                                        positive=config.scnet.positive)
 
     def forward(self, out: ReIDOutput, targets: torch.Tensor,
                 proxy_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:

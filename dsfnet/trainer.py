@@ -22,6 +22,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader
 
 from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
+from dsfnet.cluster.dbscan import camera_normalise
 from dsfnet.cluster.ddo import cluster_fused
 from dsfnet.cluster.scnet import HardProxies, secondary_clustering
 from dsfnet.config import DSFNetConfig
@@ -188,9 +189,15 @@ class EpochLabels:
 
 
 def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetConfig, epoch: int,
-                  epochs: int) -> EpochLabels:
+                  epochs: int, camids: np.ndarray | None = None) -> EpochLabels:
     """DDO's fused clustering (or the baseline's on the global feature), then SCNet's hard proxies."""
     extra: dict[str, float] = {}
+    if cluster_config.camera_norm:
+        if camids is None:
+            raise ValueError("cluster.camera_norm needs the camera of every sample")
+        branches = {name: None if value is None or name == "weights" else
+                    np.stack([camera_normalise(value[:, p], camids) for p in range(value.shape[1])], axis=1)
+                    if value.ndim == 3 else camera_normalise(value, camids) for name, value in branches.items()}
     if method.ddo.enabled:
         fused = cluster_fused(branches["fused"], branches["parts"], cluster_config, method.ddo, epoch, epochs)
         pseudo = fused.pseudo
@@ -211,6 +218,23 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
         pseudo.timings["dbscan_s"] += time.perf_counter() - start
         extra.update(proxies.stats())
     return EpochLabels(pseudo.labels, pseudo.timings, proxies, extra)
+
+
+def train_step(network, objective: DSFNetObjective, optimizer, scaler, batch, proxy_of: np.ndarray | None,
+               device: torch.device, use_amp: bool):
+    """One optimisation step on a sampler batch; returns (loss, loss terms, network output)."""
+    images, targets, _, indices = batch
+    targets = targets.to(device)
+    proxy_targets = torch.from_numpy(proxy_of[indices.numpy()]).to(device) if proxy_of is not None else None
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        out = network(images.to(device, non_blocking=True))
+    out = type(out)(*(t.float() if t is not None else None for t in out))  # losses in float32
+    loss, terms = objective(out, targets, proxy_targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach()), terms, out
 
 
 def check_model_matches(model: torch.nn.Module, method: DSFNetConfig) -> None:
@@ -293,7 +317,8 @@ def train(
         if world > 1:
             branches = {k: gather_rows(v, len(records)) if v is not None else None for k, v in branches.items()}
         extract_s = time.perf_counter() - start
-        clustered = pseudo_labels(branches, cluster_config, method, epoch, config.epochs) if rank == 0 else None
+        clustered = (pseudo_labels(branches, cluster_config, method, epoch, config.epochs, camids) if rank == 0
+                     else None)
         clustered = broadcast_object(clustered)
         labels = clustered.labels
         sizes = np.bincount(labels[labels >= 0])
@@ -318,18 +343,9 @@ def train(
         terms: dict[str, list[float]] = {}
         weights: list[np.ndarray] = []
         for _ in range(config.iters):
-            images, targets, _, indices = next(batches)
-            targets = targets.to(device)
-            proxy_targets = torch.from_numpy(proxy_of[indices.numpy()]).to(device) if proxy_of is not None else None
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                out = network(images.to(device, non_blocking=True))
-            out = type(out)(*(t.float() if t is not None else None for t in out))  # losses in float32
-            loss, parts = objective(out, targets, proxy_targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
+            loss, parts, out = train_step(network, objective, optimizer, scaler, next(batches), proxy_of, device,
+                                          use_amp)
+            losses.append(loss)
             for name, value in parts.items():
                 terms.setdefault(name, []).append(value)
             if out.weights is not None and method.finet.enabled:

@@ -97,11 +97,12 @@ def test_vectorised_momentum_update_equals_the_sample_by_sample_loop():
     torch.testing.assert_close(bank, expected, rtol=0, atol=1e-6)
 
 
-def test_hard_proxy_loss_uses_the_hardest_own_proxy_against_other_clusters():
+@pytest.mark.parametrize("positive", ["own", "hardest"])
+def test_hard_proxy_loss_contrasts_one_own_proxy_against_other_clusters(positive):
     torch.manual_seed(2)
     proxies = F.normalize(torch.randn(7, 8), dim=1)
     owners = torch.tensor([0, 0, 1, 1, 1, 2, 2])
-    memory = HardProxyMemory(proxies, owners, temperature=0.1, momentum=0.5)
+    memory = HardProxyMemory(proxies, owners, temperature=0.1, momentum=0.5, positive=positive)
     inputs = torch.randn(4, 8, requires_grad=True)
     targets, proxy_targets = torch.tensor([1, 0, 2, 1]), torch.tensor([3, 0, 6, 2])
     loss = memory(inputs, targets, proxy_targets)
@@ -110,15 +111,17 @@ def test_hard_proxy_loss_uses_the_hardest_own_proxy_against_other_clusters():
     for i in range(4):
         sims = x[i] @ proxies.T / 0.1
         own = [j for j in range(7) if owners[j] == targets[i]]
-        positive = min(own, key=lambda j: float(sims[j]))
+        chosen = min(own, key=lambda j: float(sims[j])) if positive == "hardest" else int(proxy_targets[i])
         negatives = [j for j in range(7) if owners[j] != targets[i]]
-        logits = torch.stack([sims[positive]] + [sims[j] for j in negatives])
+        logits = torch.stack([sims[chosen]] + [sims[j] for j in negatives])
         expected.append(-torch.log_softmax(logits, dim=0)[0])
-    assert float(loss) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
     loss.backward()
     assert inputs.grad is not None and torch.isfinite(inputs.grad).all()
     torch.testing.assert_close(memory.features[3], F.normalize(0.5 * proxies[3] + 0.5 * x[0], dim=0))
     torch.testing.assert_close(memory.features[1], proxies[1])  # no sample of proxy 1 in the batch
+    with pytest.raises(ValueError, match="positive"):
+        HardProxyMemory(proxies, owners, positive="easiest")
 
 
 def _unit(*rows):
@@ -236,3 +239,18 @@ def test_objective_is_the_weighted_sum_of_its_terms():
     baseline = DSFNetObjective(branches, labels, DSFNetConfig.baseline()).eval()
     total, terms = baseline(out, targets)
     assert set(terms) == {"loss_main"} and float(total) == pytest.approx(terms["loss_main"])
+
+
+def test_camera_normalisation_removes_each_cameras_mean():
+    from dsfnet.cluster.dbscan import camera_normalise
+
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(12, 5)).astype(np.float32)
+    camids = np.array([0, 1, 2] * 4)
+    out = camera_normalise(features, camids)
+    for c in range(3):
+        centred = features[camids == c] - features[camids == c].mean(0)
+        np.testing.assert_allclose(out[camids == c], centred / np.linalg.norm(centred, axis=1, keepdims=True),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="camids"):
+        camera_normalise(features, camids[:5])

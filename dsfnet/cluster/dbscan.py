@@ -19,6 +19,7 @@ class ClusterConfig:
     k2: int = 6
     eps: float = 0.6
     min_samples: int = 4
+    camera_norm: bool = False  # cluster on features minus their camera's mean (our addition, not Cluster Contrast's)
 
 
 class NoClusterError(ValueError):
@@ -52,6 +53,20 @@ def dbscan_labels(distance, eps: float, min_samples: int) -> np.ndarray:
     # scikit-learn numbers clusters 0..C-1 in order of discovery: already contiguous
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=-1).fit_predict(distance)
     return labels.astype(np.int64)
+
+
+def camera_normalise(features: np.ndarray, camids: np.ndarray) -> np.ndarray:
+    """Subtract each camera's mean feature and re-normalise, so clusters form across cameras, not per camera."""
+    features = np.asarray(features, dtype=np.float32)
+    camids = np.asarray(camids)
+    if len(camids) != len(features):
+        raise ValueError(f"camids ({len(camids)}) must match features ({len(features)})")
+    out = features.copy()
+    for camid in np.unique(camids):
+        rows = camids == camid
+        out[rows] -= features[rows].mean(axis=0)
+    norms = np.linalg.norm(out, axis=-1, keepdims=True)
+    return out / np.maximum(norms, 1e-12)
 
 
 def within(distance: sp.csr_matrix, eps: float) -> sp.csr_matrix:

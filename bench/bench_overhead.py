@@ -1,0 +1,112 @@
+"""Training-iteration overhead: a full iteration vs the bare backbone forward+backward on the same batch.
+
+    python bench/bench_overhead.py [--arch resnet18] [--height 64 --width 32] [--batch 64] [--iters 20]
+                                   [--workers 0] [--device cpu]
+
+"bare" is trunk + pooling + BN neck forward and backward of a trivial loss on a batch already in memory.
+"iteration" is what the trainer does per step: the next P×K batch from the DataLoader (decode, augment),
+every branch forward, ClusterNCE/FINet/SCNet losses, memory updates, backward and the Adam step.
+Medians over --iters steps after 3 warm-up steps, for the baseline and for full DSFNet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from dsfnet.cluster import ClusterConfig
+from dsfnet.config import DSFNetConfig
+from dsfnet.data import SyntheticConfig, generate_synthetic
+from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, collate_images
+from dsfnet.data.transforms import build_train_transform
+from dsfnet.features import extract_branches
+from dsfnet.models import ModelConfig, build_model
+from dsfnet.objective import DSFNetObjective
+from dsfnet.trainer import model_config_for, pseudo_labels, resolve_device, train_step
+
+
+def median_seconds(step, iters: int, device: torch.device) -> float:
+    times = []
+    for i in range(iters + 3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(data, method: DSFNetConfig, args, device: torch.device) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = build_model(model_config_for(ModelConfig(arch=args.arch), method)).to(device)
+    branches = extract_branches(model, data.train, args.height, args.width, device=device, progress=False)
+    clustered = pseudo_labels(branches, ClusterConfig(k1=30, k2=6, eps=0.6, min_samples=4), method, 0, 1)
+    labels = clustered.labels
+    kept = (labels >= 0).nonzero()[0]
+    objective = DSFNetObjective(branches, labels, method, proxies=clustered.proxies).to(device).train()
+    proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
+    dataset = ImageDataset([data.train[i] for i in kept], build_train_transform(args.height, args.width),
+                           labels=labels[kept].tolist())
+    camids = [data.train[i].camid for i in kept]
+
+    def batches():
+        epoch = 0
+        while True:
+            sampler = CameraAwarePKSampler(labels[kept], camids, 4, seed=epoch)
+            yield from DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
+                                  collate_fn=collate_images, drop_last=True)
+            epoch += 1
+
+    stream = batches()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3.5e-4, weight_decay=5e-4)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    model.train()
+    iteration = median_seconds(lambda: train_step(model, objective, optimizer, scaler, next(stream), proxy_of,
+                                                  device, use_amp), args.iters, device)
+    images = next(stream)[0].to(device)
+
+    def bare():
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            feature = model.neck(model.pool(model.trunk(images)).flatten(1))
+        feature.float().pow(2).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return median_seconds(bare, args.iters, device), iteration
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    with tempfile.TemporaryDirectory() as root:
+        data = generate_synthetic(root, SyntheticConfig(profile=args.profile, height=max(args.height, 128),
+                                                        width=max(args.width, 64)), progress=False)
+        print(f"{args.arch} {args.height}×{args.width}, batch {args.batch}, workers {args.workers}, {device}, "
+              f"{torch.get_num_threads()} threads")
+        print(f"{'method':>9} {'bare fwd+bwd':>12} {'iteration':>10} {'ratio':>6}")
+        for name, method in (("baseline", DSFNetConfig.baseline()), ("dsfnet", DSFNetConfig())):
+            bare, iteration = measure(data, method, args, device)
+            print(f"{name:>9} {1000 * bare:>10.1f}ms {1000 * iteration:>8.1f}ms {iteration / bare:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
