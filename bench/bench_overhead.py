@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -48,7 +49,9 @@ def measure(data, method: DSFNetConfig, args, device: torch.device) -> tuple[flo
     torch.manual_seed(0)
     model = build_model(model_config_for(ModelConfig(arch=args.arch), method)).to(device)
     branches = extract_branches(model, data.train, args.height, args.width, device=device, progress=False)
-    clustered = pseudo_labels(branches, ClusterConfig(k1=30, k2=6, eps=0.6, min_samples=4), method, 0, 1)
+    camids_all = np.array([r.camid for r in data.train])
+    clustered = pseudo_labels(branches, ClusterConfig(k1=30, k2=6, eps=0.5, min_samples=4, camera_norm=True),
+                              method, 0, 1, camids_all)
     labels = clustered.labels
     kept = (labels >= 0).nonzero()[0]
     objective = DSFNetObjective(branches, labels, method, proxies=clustered.proxies).to(device).train()
@@ -62,7 +65,7 @@ def measure(data, method: DSFNetConfig, args, device: torch.device) -> tuple[flo
         while True:
             sampler = CameraAwarePKSampler(labels[kept], camids, 4, seed=epoch)
             yield from DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
-                                  collate_fn=collate_images, drop_last=True)
+                                  collate_fn=collate_images, drop_last=len(sampler) >= args.batch)
             epoch += 1
 
     stream = batches()
