@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,21 @@ from tqdm import tqdm
 from dsfnet.data.loader import ImageDataset, collate_images
 from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_test_transform
+
+
+def _eval_batches(model: torch.nn.Module, records: Sequence[ImageRecord], height: int, width: int,
+                  batch_size: int, workers: int, device, desc: str, progress: bool) -> Iterator[torch.Tensor]:
+    """Test-transformed image batches on `device`, in record order, with `model` in eval mode meanwhile."""
+    dataset = ImageDataset(records, build_test_transform(height, width))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_images)
+    was_training = model.training
+    model.eval()
+    try:
+        for images, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            yield images.to(device)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -32,19 +47,12 @@ def extract_features(
 
     `flip` averages each image's feature with its mirror image's (a common test-time augmentation).
     """
-    dataset = ImageDataset(records, build_test_transform(height, width))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_images)
-    was_training = model.training
-    model.eval()
     chunks = []
-    for images, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = images.to(device)
+    for images in _eval_batches(model, records, height, width, batch_size, workers, device, desc, progress):
         feats = model(images).float()
         if flip:
             feats = F.normalize(feats + model(torch.flip(images, dims=[3])).float(), dim=1)
         chunks.append(feats.cpu())
-    model.train(was_training)
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -62,17 +70,10 @@ def extract_branches(
 ) -> dict[str, np.ndarray | None]:
     """Every branch of a `ReIDNet` for clustering: global (N, D), parts (N, P, D) or None, fused (N, D),
     integration weights (N, P + 1) or None; all features L2-normalised, in record order."""
-    dataset = ImageDataset(records, build_test_transform(height, width))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_images)
-    was_training = model.training
-    model.eval()
     chunks: dict[str, list[torch.Tensor]] = {"global": [], "parts": [], "fused": [], "weights": []}
     embed = model.module.embed if hasattr(model, "module") else model.embed  # DDP wraps the network
-    for images, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        out = embed(images.to(device))
-        for name, value in zip(("global", "parts", "fused", "weights"), out, strict=True):
+    for images in _eval_batches(model, records, height, width, batch_size, workers, device, desc, progress):
+        for name, value in zip(chunks, embed(images), strict=True):
             if value is not None:
                 chunks[name].append(value.float().cpu())
-    model.train(was_training)
     return {name: torch.cat(values).numpy() if values else None for name, values in chunks.items()}

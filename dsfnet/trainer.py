@@ -195,9 +195,8 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
     if cluster_config.camera_norm:
         if camids is None:
             raise ValueError("cluster.camera_norm needs the camera of every sample")
-        branches = {name: None if value is None or name == "weights" else
-                    np.stack([camera_normalise(value[:, p], camids) for p in range(value.shape[1])], axis=1)
-                    if value.ndim == 3 else camera_normalise(value, camids) for name, value in branches.items()}
+        branches = {name: value if value is None or name == "weights" else camera_normalise(value, camids)
+                    for name, value in branches.items()}
     if method.ddo.enabled:
         fused = cluster_fused(branches["fused"], branches["parts"], cluster_config, method.ddo, epoch, epochs)
         pseudo = fused.pseudo

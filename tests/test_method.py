@@ -252,5 +252,9 @@ def test_camera_normalisation_removes_each_cameras_mean():
         centred = features[camids == c] - features[camids == c].mean(0)
         np.testing.assert_allclose(out[camids == c], centred / np.linalg.norm(centred, axis=1, keepdims=True),
                                    rtol=1e-5, atol=1e-6)
+    parts = rng.normal(size=(12, 2, 5)).astype(np.float32)  # (N, P, D): each part normalised on its own
+    for p in range(2):
+        np.testing.assert_allclose(camera_normalise(parts, camids)[:, p], camera_normalise(parts[:, p], camids),
+                                   rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="camids"):
         camera_normalise(features, camids[:5])

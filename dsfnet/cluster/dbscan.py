@@ -56,7 +56,10 @@ def dbscan_labels(distance, eps: float, min_samples: int) -> np.ndarray:
 
 
 def camera_normalise(features: np.ndarray, camids: np.ndarray) -> np.ndarray:
-    """Subtract each camera's mean feature and re-normalise, so clusters form across cameras, not per camera."""
+    """Subtract each camera's mean feature and re-normalise, so clusters form across cameras, not per camera.
+
+    `features` is (N, D) or (N, P, D) (one feature per part); the last axis is the one normalised.
+    """
     features = np.asarray(features, dtype=np.float32)
     camids = np.asarray(camids)
     if len(camids) != len(features):
