@@ -67,7 +67,9 @@ def train_stage(params: Params) -> None:
 
     start = time.perf_counter()
     if not main_process:
-        train(model, dataset.train, params.train, params.cluster, params.dsfnet, progress=False)
+        # every rank resumes from the same saved state (only rank 0 writes it), or they would fall out of step
+        train(model, dataset.train, params.train, params.cluster, params.dsfnet, progress=False,
+              resume_path=RESUME_STATE, fingerprint=key)
         return
     tracking.configure(params.mlflow)
     with mlflow.start_run(run_id=run_id, run_name=f"{params.dataset.name}-{params.model.arch}") as run:
