@@ -1,7 +1,8 @@
 """DSFNet ablation on the synthetic benchmark: baseline, +FINet, +SCNet, +DDO and full DSFNet over seeds.
 
     python bench/bench_ablation.py [--seeds 1 2 3] [--variants baseline finet scnet ddo full]
-                                   [--epochs 12] [--iters 40] [--profile default] [--out bench/results/ablation.json]
+                                   [--epochs 12] [--iters 40] [--profile default] [--camera-norm]
+                                   [--set scnet.own_negatives=true ...] [--out bench/results/ablation.json]
 
 Every run trains from scratch (ResNet-18, 64×32, the CPU-default settings of params.yaml) on the same
 generated data and reports last-epoch mAP / rank-1 (flip-averaged features) and the last epoch's
@@ -18,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from dsfnet.cluster import ClusterConfig
 from dsfnet.config import DDOConfig, DSFNetConfig, FINetConfig, SCNetConfig
@@ -36,10 +38,17 @@ VARIANTS = {
 }
 
 
-def method(variant: str, positive: str = "own") -> DSFNetConfig:
+def method(variant: str, overrides: dict[str, object] | None = None) -> DSFNetConfig:
+    """The variant's switches, then `overrides` ({"scnet.intra_quantile": 0.1, ...}) on the part settings."""
     finet, scnet, ddo = VARIANTS[variant]
-    return DSFNetConfig(FINetConfig(enabled=finet), SCNetConfig(enabled=scnet, positive=positive),
-                        DDOConfig(enabled=ddo))
+    config = DSFNetConfig(FINetConfig(enabled=finet), SCNetConfig(enabled=scnet), DDOConfig(enabled=ddo))
+    for key, value in (overrides or {}).items():
+        part, name = key.split(".")
+        if not hasattr(getattr(config, part, None), name) or name == "enabled":
+            raise SystemExit(f"--set {key}: not a dsfnet.<finet|scnet|ddo>.<setting> (and not `enabled`)")
+        setattr(getattr(config, part), name, value)
+    config.check()
+    return config
 
 
 def arrays(records):
@@ -47,8 +56,8 @@ def arrays(records):
 
 
 def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: ClusterConfig,
-            positive: str = "own") -> dict:
-    settings = method(variant, positive)
+            overrides: dict[str, object] | None = None) -> dict:
+    settings = method(variant, overrides)
     seed_everything(seed)
     model = build_model(model_config_for(ModelConfig(arch="resnet18"), settings))
     start = time.perf_counter()
@@ -91,14 +100,17 @@ def main() -> None:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--eps", type=float, default=0.5)
     parser.add_argument("--camera-norm", action="store_true", help="cluster on camera-normalised features")
-    parser.add_argument("--scnet-positive", default="own", choices=["own", "hardest"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="PART.KEY=VALUE",
+                        help="DSFNet settings for the variants that enable PART, e.g. scnet.own_negatives=true")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
     args = parser.parse_args()
     config = TrainConfig(epochs=args.epochs, iters=args.iters, batch_size=64, num_instances=4, height=64, width=32,
                          workers=0, device="cpu")
     cluster = ClusterConfig(k1=30, k2=6, eps=args.eps, min_samples=4, camera_norm=args.camera_norm)
-    settings = (f"{args.profile} e{args.epochs}x{args.iters} eps{args.eps} camera_norm={args.camera_norm} "
-                f"scnet.positive={args.scnet_positive}")
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    method("full", overrides)  # a bad --set fails now, not after the first runs
+    settings = " ".join([f"{args.profile} e{args.epochs}x{args.iters} eps{args.eps} camera_norm={args.camera_norm}",
+                         *(f"{k}={v}" for k, v in sorted(overrides.items()))])
     rows = json.loads(args.out.read_text()) if args.out.is_file() else []  # every setting's runs stay in the file
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -116,7 +128,7 @@ def main() -> None:
         for variant, seed in plan:
             if done(variant, seed):
                 continue
-            row = run_one(data, variant, seed, config, cluster, args.scnet_positive)
+            row = run_one(data, variant, seed, config, cluster, overrides)
             row["settings"] = settings
             rows.append(row)
             args.out.write_text(json.dumps(rows, indent=1))

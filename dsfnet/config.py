@@ -37,6 +37,7 @@ class SCNetConfig:
     sub_distance: float = 0.3  # cosine distance at which secondary (average-linkage) clustering stops merging
     lambda_hard: float = 0.5  # weight of the hard-proxy contrastive term
     positive: str = "own"  # own (the sample's proxy) | hardest (the least similar proxy of its cluster)
+    own_negatives: bool = False  # the other proxies of the own cluster are negatives too (keeps sub-clusters apart)
 
     def check(self) -> None:
         if not 0.0 <= self.intra_quantile < 1.0:
@@ -45,6 +46,8 @@ class SCNetConfig:
             raise ValueError(f"dsfnet.scnet.sub_distance must be in (0, 2], got {self.sub_distance}")
         if self.positive not in ("own", "hardest"):
             raise ValueError(f"dsfnet.scnet.positive must be 'own' or 'hardest', got {self.positive!r}")
+        if self.own_negatives and self.positive != "own":
+            raise ValueError("dsfnet.scnet.own_negatives needs dsfnet.scnet.positive: own")
         if self.lambda_hard < 0:
             raise ValueError(f"dsfnet.scnet.lambda_hard must be >= 0, got {self.lambda_hard}")
 

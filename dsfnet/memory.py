@@ -84,16 +84,18 @@ class HardProxyMemory(nn.Module):
 
     The loss contrasts each sample with one positive proxy of its own cluster against every proxy of the
     other clusters. The positive is the sample's own proxy (`positive="own"`: the cluster keeps its modes)
-    or the own-cluster proxy it is least similar to (`"hardest"`: pulls the modes together). Each sample
-    then updates its own proxy by momentum.
+    or the own-cluster proxy it is least similar to (`"hardest"`: pulls the modes together). With
+    `own_negatives` the other proxies of the own cluster are negatives as well: a hard sub-cluster is
+    treated as a candidate identity of its own. Each sample then updates its own proxy by momentum.
     """
 
     def __init__(self, proxies: torch.Tensor, owners: torch.Tensor, temperature: float = 0.05,
-                 momentum: float = 0.1, positive: str = "own"):
+                 momentum: float = 0.1, positive: str = "own", own_negatives: bool = False):
         super().__init__()
         if positive not in ("own", "hardest"):
             raise ValueError(f"dsfnet.scnet.positive must be 'own' or 'hardest', got {positive!r}")
         self.positive = positive
+        self.own_negatives = own_negatives
         self.temperature = temperature
         self.momentum = momentum
         self.register_buffer("features", F.normalize(proxies.detach().float(), dim=1).clone())
@@ -110,7 +112,9 @@ class HardProxyMemory(nn.Module):
             positive = proxy_targets
         others_of_own = own.clone()
         others_of_own[torch.arange(len(targets), device=targets.device), positive] = False
-        loss = F.cross_entropy(logits.masked_fill(others_of_own, float("-inf")), positive)
+        if not self.own_negatives:
+            logits = logits.masked_fill(others_of_own, float("-inf"))
+        loss = F.cross_entropy(logits, positive)
         if self.training:
             momentum_update(self.features, *gather_batch(inputs.detach(), proxy_targets), self.momentum)
         return loss

@@ -40,9 +40,14 @@ class DSFNetObjective(nn.Module):
         if config.scnet.enabled:
             if proxies is None:
                 raise ValueError("SCNet is enabled but no hard proxies were given")
-            self.hard = HardProxyMemory(torch.from_numpy(proxies.proxies), torch.from_numpy(proxies.owners),
+            # proxies were found on the clustering feature (maybe camera-normalised); the memory holds the
+            # main feature the loss compares against, so each proxy starts as its members' main-feature mean
+            assignment = torch.from_numpy(np.asarray(proxies.assignment)).long()
+            start = centroids_of(torch.from_numpy(branches[self.main_key]), assignment, len(proxies.owners))
+            self.hard = HardProxyMemory(start, torch.from_numpy(proxies.owners),
                                         temperature=temperature, momentum=momentum,
-                                        positive=config.scnet.positive)
+                                        positive=config.scnet.positive,
+                                        own_negatives=config.scnet.own_negatives)
 
     def forward(self, out: ReIDOutput, targets: torch.Tensor,
                 proxy_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -13,12 +13,11 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.utils.data import DataLoader
 
 from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
@@ -31,6 +30,7 @@ from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_train_transform
 from dsfnet.distributed import broadcast_buffers, broadcast_object, gather_rows, rank_and_world
 from dsfnet.features import extract_branches
+from dsfnet.label_stats import epoch_statistics, label_quality  # noqa: F401 - label_quality re-exported
 from dsfnet.objective import DSFNetObjective
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class EpochStats:
     mean_cluster_size: float
     max_cluster_size: int
     min_cluster_size: int
-    purity: float
+    purity: float  # ground-truth scores: NaN when the dataset has no train identities
     nmi: float
     ari: float
     loss: float
@@ -93,6 +93,10 @@ class EpochStats:
     loss_global: float = float("nan")
     loss_parts: float = float("nan")
     loss_hard: float = float("nan")
+    median_cluster_size: float = float("nan")
+    size_gini: float = float("nan")  # 0: equal cluster sizes; towards 1: a few clusters hold most samples
+    multi_camera_share: float = float("nan")  # clusters seen by two or more cameras
+    label_churn: float = float("nan")  # 1 − ARI to the previous epoch's labels (samples clustered in both)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -110,40 +114,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _pairs(counts: np.ndarray) -> float:
-    return float((counts.astype(np.float64) * (counts - 1) / 2).sum())
-
-
-def label_quality(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Purity, NMI, ARI and pairwise precision of the clustered samples against ground-truth ids;
-    pairwise recall over all samples (an identity left as outliers is a miss). Monitoring only."""
-    kept = labels >= 0
-    if not kept.any():
-        return {"purity": 0.0, "nmi": 0.0, "ari": 0.0, "pair_precision": 0.0, "pair_recall": 0.0}
-    lab, tru = labels[kept], truth[kept]
-    _, tru_idx = np.unique(tru, return_inverse=True)
-    table = np.zeros((lab.max() + 1, tru_idx.max() + 1), dtype=np.int64)
-    np.add.at(table, (lab, tru_idx), 1)
-    together = _pairs(table)
-    predicted, actual = _pairs(table.sum(axis=1)), _pairs(np.unique(truth, return_counts=True)[1])
-    return {
-        "purity": float(table.max(axis=1).sum() / kept.sum()),
-        "nmi": float(normalized_mutual_info_score(tru, lab)),
-        "ari": float(adjusted_rand_score(tru, lab)),
-        "pair_precision": together / predicted if predicted else 0.0,
-        "pair_recall": together / actual if actual else 0.0,
-    }
-
-
 def _cycle(loader: DataLoader) -> Iterator:
     while True:
         yield from loader
+
+
+MONITOR_ROWS = 2000  # embeddings kept for drift monitoring: a fixed random subset of the train images
 
 
 @dataclass
 class TrainResult:
     history: list[EpochStats]
     labels: list[np.ndarray]  # pseudo-labels of every epoch, for monitoring
+    # retrieval features (float16) of `embedding_rows` at the first and the last epoch's clustering
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    embedding_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def monitor_rows(num_samples: int, seed: int) -> np.ndarray:
+    """The sorted sample indices whose embeddings are kept (independent of the training RNG streams)."""
+    if num_samples <= MONITOR_ROWS:
+        return np.arange(num_samples)
+    return np.sort(np.random.default_rng(seed).choice(num_samples, MONITOR_ROWS, replace=False))
 
 
 def _save_state(path: Path, fingerprint: str, next_epoch: int, model, optimizer, scheduler, scaler,
@@ -159,6 +151,7 @@ def _save_state(path: Path, fingerprint: str, next_epoch: int, model, optimizer,
         "scaler": scaler.state_dict(),
         "history": [h.as_dict() for h in result.history],
         "labels": result.labels,
+        "embeddings": result.embeddings,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         "extra": extra,
     }
@@ -291,7 +284,9 @@ def train(
     truth = np.array([r.pid for r in records])
     camids = np.array([r.camid for r in records])
     transform = build_train_transform(config.height, config.width)
-    result = TrainResult(history=[], labels=[])
+    has_truth = bool((truth >= 0).all())
+    rows = monitor_rows(len(records), config.seed)
+    result = TrainResult(history=[], labels=[], embedding_rows=rows)
     first_epoch = 0
     state = load_resume_state(resume_path, fingerprint)
     if state is not None:
@@ -300,7 +295,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        result = TrainResult([EpochStats(**h) for h in state["history"]], list(state["labels"]))
+        result = TrainResult([EpochStats(**h) for h in state["history"]], list(state["labels"]),
+                             dict(state.get("embeddings", {})), rows)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -321,6 +317,10 @@ def train(
         clustered = broadcast_object(clustered)
         labels = clustered.labels
         sizes = np.bincount(labels[labels >= 0])
+        if rank == 0:
+            retrieval = branches["fused"] if method.finet.enabled else branches["global"]
+            result.embeddings.setdefault("first", retrieval[rows].astype(np.float16))
+            result.embeddings["last"] = retrieval[rows].astype(np.float16)
 
         start = time.perf_counter()
         objective = DSFNetObjective(branches, labels, method, config.temperature, config.memory_momentum,
@@ -369,7 +369,8 @@ def train(
                 jaccard_s=clustered.timings["jaccard_s"],
                 dbscan_s=clustered.timings["dbscan_s"],
                 train_s=time.perf_counter() - start,
-                **label_quality(labels, truth),
+                **epoch_statistics(labels, camids, result.labels[-1] if result.labels else None,
+                                   truth if has_truth else None),
                 **clustered.extra,
                 **{name: float(np.mean(values)) for name, values in terms.items()},
                 **_weight_stats(weights),

@@ -43,10 +43,16 @@ class ValidateParams:
 
 @dataclass
 class MonitorParams:
+    """Gates on the last epoch's pseudo-labels (the ground-truth ones apply only when the data has ids)."""
+
     max_outlier_ratio: float = 0.5
     min_clusters: int = 2
     max_largest_cluster_ratio: float = 0.5
+    max_label_churn: float = 0.5  # 1 − ARI between the last two epochs' labels
+    min_nmi: float = 0.0
     min_purity: float = 0.0
+    stop_on_failure: bool = False  # true: a failed gate fails the stage (and `dvc repro` stops there)
+    embedding_rows: int = 1000  # embeddings compared for drift (evidently's t-SNE view costs ~O(n log n))
 
 
 @dataclass
@@ -131,7 +137,8 @@ def _build(cls, data, prefix: str):
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
-            raise ParamsError(f"unknown key {prefix + '.' if prefix else ''}{key}{hint}")
+            valid = ", ".join(f"{prefix + '.' if prefix else ''}{name}" for name in names)
+            raise ParamsError(f"unknown key {prefix + '.' if prefix else ''}{key}{hint}; valid keys: {valid}")
     kwargs = {
         name: _convert(data[name], hints[name], f"{prefix}.{name}" if prefix else name)
         for name in names

@@ -17,6 +17,7 @@ REPORTS_DIR = Path("reports")
 TRAIN_REPORTS = REPORTS_DIR / "train"
 EPOCH_STATS = TRAIN_REPORTS / "epochs.csv"
 EPOCH_LABELS = TRAIN_REPORTS / "labels.npz"
+EPOCH_EMBEDDINGS = TRAIN_REPORTS / "embeddings.npz"  # a fixed sample's first/last-epoch embeddings, for drift
 PREPARE_REPORTS = REPORTS_DIR / "prepare"
 CONTACT_SHEET = PREPARE_REPORTS / "contact_sheet.png"
 VALIDATE_REPORTS = REPORTS_DIR / "validate"

@@ -175,7 +175,7 @@ class Searcher:
         self.batch_size = batch_size
         self.progress = progress
         self.paths: list[Path] = []
-        self.embeddings = np.zeros((0, self.model.feature_dim), dtype=np.float32)
+        self.embeddings = np.zeros((0, self.model.embedding_dim), dtype=np.float32)
         self.embedded = 0
         self.skipped: list[tuple[Path, str]] = []
         self._index: faiss.IndexFlatIP | None = None
@@ -219,7 +219,7 @@ class Searcher:
             except OSError as error:
                 self._skip(path, error)
                 continue
-            vector = _read_cached(entry, self.model.feature_dim)
+            vector = _read_cached(entry, self.model.embedding_dim)
             if vector is None:
                 missing.append((path, entry))
             else:

@@ -52,7 +52,7 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
             raise ValueError(f"input needs a column {INPUT_COLUMN!r} of base64-encoded images")
         images = [self._decode(i, v) for i, v in enumerate(model_input[INPUT_COLUMN])]
         if not images:
-            return np.zeros((0, self.model.feature_dim), dtype=np.float32)
+            return np.zeros((0, self.model.embedding_dim), dtype=np.float32)
         batch = torch.stack(images)
         embeddings = self.model(batch)
         if self.flip:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dsfnet.checkpoint import load_checkpoint
 from dsfnet.data import read_manifest
 from dsfnet.features import extract_features
 from pipeline.flows import StageError, dsfnet_pipeline
+from pipeline.params import MonitorParams
 from pipeline.serving import encode_image
 from pipeline.stages import STAGES
 from tests.project import dvc, make_project, write_params
@@ -229,3 +231,50 @@ def test_train_resumes_after_kill_9_and_matches_the_uninterrupted_model(run, tmp
     reference = torch.load(reference_project / "models/model.pt", weights_only=True)["state_dict"]
     for name, tensor in reference.items():
         assert torch.equal(resumed[name], tensor), name
+
+
+def test_monitor_report_statistics_and_plots(run):
+    project, _ = run
+    monitor = read(project, "monitor")
+    assert monitor["reference"].startswith("this run, epoch 0")  # the champion is this very run
+    assert {g["gate"] for g in monitor["gates"]} >= {"max_outlier_ratio", "min_clusters", "max_largest_cluster_ratio",
+                                                     "max_label_churn", "min_nmi", "min_purity"}
+    assert len(monitor["tests"]) == len(monitor["gates"])  # each gate is an evidently test in the report
+    epochs = pd.read_csv(project / "reports/train/epochs.csv")
+    labels = np.load(project / "reports/train/labels.npz")
+    both = (labels["epoch_0"] >= 0) & (labels["epoch_1"] >= 0)
+    from sklearn.metrics import adjusted_rand_score
+
+    churn = 1 - adjusted_rand_score(labels["epoch_0"][both], labels["epoch_1"][both])
+    assert np.isnan(epochs["label_churn"].iloc[0]) and epochs["label_churn"].iloc[1] == pytest.approx(churn)
+    assert monitor["statistics"]["label_churn"] == pytest.approx(churn)
+    assert monitor["num_clusters"] == epochs["num_clusters"].iloc[-1]
+    assert "embedding_drift" in monitor["drift"] and "cluster_size_drift" in monitor["drift"]
+    for name in ("pseudo_labels.html", "epochs.png", "current.npz", "reference.npz"):
+        assert (project / "reports/monitor" / name).stat().st_size > 0, name
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    logged = {a.path for folder in ("reports", "monitor") for a in MlflowClient().list_artifacts(run_id, folder)}
+    assert {"reports/epochs.png", "reports/pseudo_labels.html", "monitor/current.npz"} <= logged
+    plots = json.loads(dvc(project, "plots", "show", "--json").stdout)["data"]
+    assert {"pseudo-label clusters", "pseudo-label noise", "agreement with ground truth"} <= set(plots)
+
+
+def test_a_collapsed_clustering_fails_the_gates_and_register_refuses_it(run):
+    """Runs last: it retrains the shared project with an eps so large that DBSCAN makes one cluster."""
+    project, _ = run
+    write_params(project, cluster={"eps": 1.0}, monitor=dataclasses.asdict(MonitorParams()))
+    outcome = dsfnet_pipeline(project_dir=str(project))
+    assert outcome["stages"]["train"] == "ran" and outcome["stages"]["register"] == "ran"
+    monitor = read(project, "monitor")
+    assert monitor["passed"] is False and monitor["num_clusters"] == 1
+    assert "gate monitor.min_clusters FAILED: num_clusters = 1, must be >= 2" in monitor["failures"]
+    assert any(f.startswith("gate monitor.max_largest_cluster_ratio FAILED") for f in monitor["failures"])
+    assert monitor["reference"].startswith("dsfnet-reid@champion v1")  # drift against the champion's last epoch
+    register = read(project, "register")
+    assert register["registered"] is False and "monitor.min_clusters" in register["reason"]
+    assert [int(v.version) for v in MlflowClient().search_model_versions("name='dsfnet-reid'")] == [1]
+
+    write_params(project, cluster={"eps": 1.0}, monitor={**dataclasses.asdict(MonitorParams()),
+                                                         "stop_on_failure": True})
+    with pytest.raises(StageError, match="monitor.min_clusters"):
+        dsfnet_pipeline(project_dir=str(project))

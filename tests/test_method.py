@@ -35,11 +35,16 @@ def test_finet_branches_are_bn_necks_of_horizontal_stripes():
     torch.testing.assert_close(out.parts[:, 0], model.part_necks[0](top))
     torch.testing.assert_close(out.parts[:, 1], model.part_necks[1](bottom))
     torch.testing.assert_close(out.global_, model.neck(fmap.mean(dim=(2, 3))))
-    # integration starts uniform; the fused feature is the normalised weighted sum of normalised branches
+    # integration starts uniform; the fused feature concatenates the normalised branches scaled by √w, so
+    # fused·fused' is the weight-averaged cosine similarity of the branches
     torch.testing.assert_close(out.weights, torch.full((3, 3), 1 / 3))
-    branches = torch.stack([F.normalize(out.global_, dim=1), F.normalize(out.parts[:, 0], dim=1),
-                            F.normalize(out.parts[:, 1], dim=1)], dim=1)
-    torch.testing.assert_close(out.fused, F.normalize(branches.mean(dim=1), dim=1))
+    branches = [F.normalize(out.global_, dim=1), F.normalize(out.parts[:, 0], dim=1),
+                F.normalize(out.parts[:, 1], dim=1)]
+    torch.testing.assert_close(out.fused, torch.cat(branches, dim=1) / 3 ** 0.5)
+    assert out.fused.shape == (3, model.embedding_dim) == (3, 3 * 512)
+    torch.testing.assert_close(out.fused.norm(dim=1), torch.ones(3))
+    similarity = out.fused @ out.fused.T
+    torch.testing.assert_close(similarity, sum(b @ b.T for b in branches) / 3)
     torch.testing.assert_close(model(images), out.fused)  # eval output: the fused feature
 
 
@@ -220,8 +225,12 @@ def test_objective_is_the_weighted_sum_of_its_terms():
                 "parts": F.normalize(torch.randn(n, parts, dim), dim=2).numpy(),
                 "fused": F.normalize(torch.randn(n, dim), dim=1).numpy()}
     config = DSFNetConfig(FINetConfig(global_weight=0.5, part_weight=2.0), SCNetConfig(lambda_hard=0.25), DDOConfig())
-    proxies = secondary_clustering(branches["fused"], labels, intra_quantile=0.3)
+    # proxies found on another feature (as on camera-normalised ones): the memory starts from the main feature
+    proxies = secondary_clustering(branches["global"], labels, intra_quantile=0.3)
     objective = DSFNetObjective(branches, labels, config, temperature=0.05, proxies=proxies).eval()
+    for k in range(len(proxies.owners)):
+        members = torch.from_numpy(branches["fused"][proxies.assignment == k])
+        torch.testing.assert_close(objective.hard.features[k], F.normalize(members.mean(0), dim=0))
     from dsfnet.models import ReIDOutput
 
     out = ReIDOutput(torch.randn(5, dim), torch.randn(5, parts, dim), F.normalize(torch.randn(5, dim), dim=1), None)

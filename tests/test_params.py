@@ -1,5 +1,8 @@
+import dataclasses
+
 import pytest
 
+from dsfnet.config import SCNetConfig
 from pipeline.params import ParamsError, load_params, params_from_dict
 
 
@@ -21,6 +24,10 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
 def test_unknown_key_is_named_with_a_suggestion():
     with pytest.raises(ParamsError, match=r"unknown key train\.epoch \(did you mean train\.epochs\?\)"):
         params_from_dict({"train": {"epoch": 3}})
+    with pytest.raises(ParamsError) as error:
+        params_from_dict({"dsfnet": {"scnet": {"lamda_hard": 0.5}}})
+    listed = str(error.value).split("valid keys: ")[1].split(", ")
+    assert listed == [f"dsfnet.scnet.{f.name}" for f in dataclasses.fields(SCNetConfig)]
 
 
 def test_wrong_type_names_the_dotted_key(tmp_path):

@@ -177,7 +177,7 @@ def test_mlflow_model_uri_searches_like_the_checkpoint_file(assets, tmp_path, ml
     model, _ = load_checkpoint(ckpt)
     with mlflow.start_run():  # as pipeline/stages/register.py logs it, with test-time flip switched on
         mlflow.pyfunc.log_model(name="model", python_model=ReIDEmbedder(), artifacts={"checkpoint": str(ckpt)},
-                                signature=signature(model.feature_dim), pip_requirements=requirements(),
+                                signature=signature(model.embedding_dim), pip_requirements=requirements(),
                                 model_config={"flip": True}, registered_model_name="dsfnet-reid")
     MlflowClient().set_registered_model_alias("dsfnet-reid", "champion", "1")
     query = jpgs(query_dir)[0]

@@ -1,18 +1,15 @@
-"""The validate stage (great-expectations) on real corrupted file trees, and the evidently gate."""
+"""The validate stage (great-expectations) on real corrupted file trees."""
 
 import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from dsfnet.data import SyntheticConfig, generate_synthetic
-from dsfnet.trainer import label_quality
 from pipeline.cli import StageFailed
-from pipeline.monitoring import run_monitor_report, sample_frame
-from pipeline.params import MonitorParams, params_from_dict
+from pipeline.params import params_from_dict
 from pipeline.stages.prepare import prepare
 from pipeline.stages.validate import validate
 
@@ -151,26 +148,3 @@ def test_skewed_identities_and_small_cameras_only_warn(tree, tmp_path, monkeypat
     assert metrics["expectations"]["camera_sizes"]["success"] is False
     assert metrics["expectations"]["identity_sizes"]["severity"] == "warning"
     assert "fewer than 1000 images" in caplog.text
-
-
-def test_sample_frame_agrees_with_trainer_purity():
-    rng = np.random.default_rng(1)
-    truth = rng.integers(0, 8, 200)
-    labels = np.where(rng.random(200) < 0.1, -1, (truth + (rng.random(200) < 0.3)) % 8)
-    frame = sample_frame(labels, truth)
-    assert frame["label_agrees"].mean() == pytest.approx(label_quality(labels, truth)["purity"])
-    assert frame["is_outlier"].mean() == pytest.approx((labels < 0).mean())
-    sizes = np.bincount(labels[labels >= 0])
-    assert frame["cluster_share"].max() == pytest.approx(sizes.max() / 200)
-
-
-def test_monitor_gate_fails_on_collapsed_clustering(tmp_path):
-    truth = np.repeat(np.arange(10), 10)
-    healthy = sample_frame(truth.copy(), truth)
-    collapsed = sample_frame(np.where(np.arange(100) < 30, -1, 0), truth)  # one giant cluster + outliers
-    gate = MonitorParams(max_outlier_ratio=0.2, min_clusters=2, max_largest_cluster_ratio=0.5, min_purity=0.5)
-    ok = run_monitor_report(healthy, healthy, gate, tmp_path / "ok.html")
-    assert ok.passed and ok.tests_total == 4
-    bad = run_monitor_report(collapsed, healthy, gate, tmp_path / "bad.html")
-    assert not bad.passed and len(bad.failures) == 4  # outliers, giant cluster, one cluster, impure
-    assert (tmp_path / "bad.html").stat().st_size > 10_000

@@ -34,7 +34,7 @@ class ReIDOutput(NamedTuple):
 
     global_: torch.Tensor  # (B, D)
     parts: torch.Tensor | None  # (B, P, D), or None without part branches
-    fused: torch.Tensor  # (B, D), L2-normalised integration of global and parts (= global without parts)
+    fused: torch.Tensor  # (B, (P + 1)·D) unit-norm weighted concatenation of global and parts (= global alone)
     weights: torch.Tensor | None  # (B, P + 1) integration weights, global first
 
 
@@ -105,6 +105,11 @@ class ReIDNet(nn.Module):
         self.part_necks = nn.ModuleList(bn_neck(self.feature_dim) for _ in range(config.num_parts))
         self.integration = IntegrationHead(self.feature_dim, config.num_parts + 1) if config.fuse_parts else None
 
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the retrieval feature: FINet's fused one concatenates the global and P part features."""
+        return self.feature_dim * (self.num_parts + 1) if self.fuse_parts else self.feature_dim
+
     def branches(self, images: torch.Tensor) -> ReIDOutput:
         """All branches: BN-neck global and part features, integration weights and the fused feature."""
         fmap = self.trunk(images)
@@ -118,7 +123,8 @@ class ReIDNet(nn.Module):
             weights = self.integration(normalised)
         else:  # parts without FINet (DDO alone): a uniform mix, used only for clustering
             weights = normalised.new_full(normalised.shape[:2], 1.0 / normalised.shape[1])
-        fused = F.normalize((weights.unsqueeze(2) * normalised).sum(dim=1), dim=1)
+        # weighted concatenation: fused·fused' = Σ_i w_i cos(f_i, f_i') for equal weights, unit norm by construction
+        fused = (weights.sqrt().unsqueeze(2) * normalised).flatten(1)
         return ReIDOutput(global_, parts, fused, weights)
 
     @torch.no_grad()

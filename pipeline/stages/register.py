@@ -65,7 +65,7 @@ def register(params: Params) -> None:
             name="model",
             python_model=ReIDEmbedder(),
             artifacts={"checkpoint": str(CHECKPOINT)},
-            signature=signature(model.feature_dim),
+            signature=signature(model.embedding_dim),
             code_paths=[str(PACKAGE_ROOT / "dsfnet"), str(PACKAGE_ROOT / "pipeline")],
             pip_requirements=requirements(),
             model_config={"flip": params.evaluate.flip},

@@ -21,7 +21,16 @@ from pipeline import tracking
 from pipeline.cli import StageFailed, run_stage
 from pipeline.io import write_csv, write_json
 from pipeline.params import Params
-from pipeline.paths import CHECKPOINT, EPOCH_LABELS, EPOCH_STATS, MANIFEST, RESUME_STATE, RUN_INFO, metrics_file
+from pipeline.paths import (
+    CHECKPOINT,
+    EPOCH_EMBEDDINGS,
+    EPOCH_LABELS,
+    EPOCH_STATS,
+    MANIFEST,
+    RESUME_STATE,
+    RUN_INFO,
+    metrics_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,9 @@ def train_stage(params: Params) -> None:
     tmp = EPOCH_LABELS.with_name(".labels.tmp.npz")
     np.savez_compressed(tmp, truth=truth, **{f"epoch_{e}": labels for e, labels in enumerate(result.labels)})
     tmp.replace(EPOCH_LABELS)
+    tmp = EPOCH_EMBEDDINGS.with_name(".embeddings.tmp.npz")
+    np.savez_compressed(tmp, rows=result.embedding_rows, **result.embeddings)
+    tmp.replace(EPOCH_EMBEDDINGS)
     write_json(RUN_INFO, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
     write_json(metrics_file("train"), metrics)
     RESUME_STATE.unlink(missing_ok=True)  # finished: the next run starts afresh
