@@ -14,7 +14,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: run test install install-dev lint repro clean
+.PHONY: run test install install-dev lint repro clean ui ui-stop serve-flow retrain
+
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+PREFECT_UI_URL := http://127.0.0.1:$(PREFECT_PORT)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +43,28 @@ repro: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest
 
+# the Prefect server (flows, deployments, schedules) and the MLflow UI (runs, models), on 127.0.0.1
+ui: $(VENV)/.installed
+	@$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect-server.log 2>&1 & echo $$! > .prefect-server.pid
+	@$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) > .mlflow-ui.log 2>&1 & echo $$! > .mlflow-ui.pid
+	@echo "Prefect UI: $(PREFECT_UI_URL)   (logs: .prefect-server.log)"
+	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)   (logs: .mlflow-ui.log)"
+	@echo "next: make serve-flow   (the nightly deployment); stop both with: make ui-stop"
+
+ui-stop:
+	-@kill $$(cat .prefect-server.pid .mlflow-ui.pid 2>/dev/null) 2>/dev/null; rm -f .prefect-server.pid .mlflow-ui.pid
+
+# serve the scheduled deployment (params.yaml flow.cron) against the server `make ui` started
+serve-flow: $(VENV)/.installed
+	PREFECT_API_URL=$(PREFECT_UI_URL)/api $(PY) -m pipeline.deploy serve
+
+# run the pipeline only if DVC reports changed data, params or code (what CI runs)
+retrain: $(VENV)/.installed
+	$(PY) -m pipeline.retrain_if_changed
+
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check dsfnet pipeline tests bench
+	$(VENV)/bin/hadolint Dockerfile
 
 clean:
 	rm -rf data/prepared models reports/validate reports/monitor mlruns mlflow.db

@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
+    gpus: int = 1  # processes for the train stage: > 1 starts it under torchrun (DDP, one per GPU)
 
 
 @dataclass

@@ -71,13 +71,38 @@ class EvaluateParams:
 class RegisterParams:
     model_name: str = "dsfnet-reid"
     alias: str = "champion"
-    min_map: float = 1.0
+    min_map: float = 1.0  # percent; below it the model is not registered
+    min_rank1: float = 0.0  # percent
 
 
 @dataclass
 class MlflowParams:
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "dsfnet"
+
+
+@dataclass
+class StageTimeouts:
+    """Wall-clock limit of each stage in the Prefect flow, in minutes; past it the stage is killed."""
+
+    prepare: float = 30.0
+    validate: float = 60.0
+    train: float = 720.0
+    monitor: float = 30.0
+    evaluate: float = 60.0
+    register: float = 30.0
+
+
+@dataclass
+class FlowParams:
+    """How the Prefect flow runs the stages (no DVC stage reads these: changing them retrains nothing)."""
+
+    train_retries: int = 1  # a failed train task is retried this many times (it resumes from its checkpoint)
+    retry_delay_s: float = 10.0
+    timeout_min: StageTimeouts = field(default_factory=StageTimeouts)
+    deployment: str = "nightly"  # name of the scheduled deployment (`make serve-flow`, prefect.yaml)
+    cron: str = "0 2 * * *"  # its schedule
+    timezone: str = "UTC"
 
 
 @dataclass
@@ -93,6 +118,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
+    flow: FlowParams = field(default_factory=FlowParams)
 
 
 def _convert(value, annotation, key: str):

@@ -251,25 +251,31 @@ def plan_profile(name: str, params_path: str | Path = DEFAULT_PARAMS, root: str 
 def render_profile(name: str, params_path: str | Path = DEFAULT_PARAMS, root: str | Path | None = None,
                    profiles_dir: str | Path = PROFILES_DIR) -> tuple[str, dict[str, tuple[Any, Any]]]:
     """The new params.yaml text and what changes, without writing: only changed values' spans are replaced."""
-    params_path = Path(params_path)
-    file = profile_path(name, profiles_dir)
-    plan = _plan(name, params_path, root, profiles_dir)
+    plan = _plan(name, Path(params_path), root, profiles_dir)
+    raw = _profile_raw(profile_path(name, profiles_dir))
+    if root is not None:
+        raw.pop("dataset.root", None)
+    return _render(plan, Path(params_path), raw, str(profile_path(name, profiles_dir)),
+                   "--root" if root is not None else None)
+
+
+def _render(plan: _Plan, params_path: Path, raw: dict[str, str], source: str,
+            root_source: str | None = None) -> tuple[str, dict[str, tuple[Any, Any]]]:
     lines = plan.text.splitlines(keepends=True)
     leaves, sections = _scan(lines)
-    raw = _profile_raw(file)
     changes: dict[str, tuple[Any, Any]] = {}
     for setting in plan.settings:
         key, value = setting.key, plan.values[setting.key]
-        from_root = key == "dataset.root" and root is not None
         leaf = leaves.get(key)
         if leaf is None:
             what = "is a section" if key in sections else "does not hold it (add the key there first)"
-            raise ProfileError(f"{'--root' if from_root else file} sets {key}, but {params_path} {what}")
+            origin = root_source if (key == "dataset.root" and root_source) else source
+            raise ProfileError(f"{origin} sets {key}, but {params_path} {what}")
         if not setting.changes:
             continue
         if not leaf.editable:
             raise ProfileError(f"{params_path}: {key} is not a plain `key: value` line ({leaf.raw!r}); edit it by hand")
-        new_raw = None if from_root else raw.get(key)
+        new_raw = raw.get(key)
         if new_raw is None or yaml.safe_load(new_raw) != value:
             new_raw = _scalar(value)
         line = lines[leaf.line]
@@ -285,6 +291,22 @@ def render_profile(name: str, params_path: str | Path = DEFAULT_PARAMS, root: st
     new_text = "".join(lines)
     _verify(new_text, plan.data, plan.values, changes, params_path)
     return new_text, changes
+
+
+def set_params(values: dict[str, Any], params_path: str | Path = DEFAULT_PARAMS,
+               source: str = "overrides") -> dict[str, tuple[Any, Any]]:
+    """Set dotted keys in params.yaml in place (like `dvc exp run -S key=value`), comments kept; validated
+    before an atomic write. Returns {dotted key: (old, new)} for each value that changed."""
+    params_path = Path(params_path)
+    text, data, current = _read_params(params_path)
+    merged = _flatten(data)
+    merged.update(values)
+    target = _check(_nest(merged), f"{params_path} with {source}")
+    plan = _Plan(dict(values), [Setting(k, _typed(current, k), _typed(target, k)) for k in values], text, data)
+    new_text, changes = _render(plan, params_path, {}, source)
+    if changes:
+        write_text(params_path, new_text)
+    return changes
 
 
 def _verify(new_text: str, old_data: dict, values: dict[str, Any], changes: dict, params_path: Path) -> None:

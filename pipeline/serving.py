@@ -1,8 +1,12 @@
-"""The MLflow pyfunc model: images in (base64-encoded files), L2-normalised embeddings out.
+"""The MLflow pyfunc model: images in, L2-normalised embeddings out (what `mlflow models serve` runs).
 
 Request body for `mlflow models serve`:
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 JPEG/PNG>"], ...]}}
-Response: {"predictions": [[e_1, ..., e_D], ...]} with unit-norm rows.
+Response: {"predictions": [[e_1, ..., e_D], ...]}, one unit-norm row per image; D is in the model's
+metadata (`embedding_dim`). For local batch use (`mlflow.pyfunc.load_model(...).predict`) a `path`
+column of image files works too; a server refuses it (it would read files on the server's disk).
+Bad input — no image column, an empty batch, bytes that are not an image, an image over
+`max_image_mb` — raises an MlflowException, which the server answers with HTTP 400 and the message.
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 from importlib.metadata import version
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema, TensorSpec
 from PIL import Image, UnidentifiedImageError
 
@@ -24,6 +32,9 @@ from dsfnet.checkpoint import load_checkpoint
 from dsfnet.data.transforms import build_test_transform
 
 INPUT_COLUMN = "image"
+PATH_COLUMN = "path"
+DEFAULTS = {"flip": True, "batch_size": 64, "max_image_mb": 10.0, "max_pixels": 25_000_000}
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def encode_image(path_or_bytes) -> str:
@@ -31,39 +42,89 @@ def encode_image(path_or_bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def bad_input(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400 from the scoring server
+
+
+def _serving() -> bool:
+    return os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true"
+
+
 class ReIDEmbedder(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        self.model, payload = load_checkpoint(context.artifacts["checkpoint"])
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, payload = load_checkpoint(context.artifacts["checkpoint"], map_location="cpu")
+        self.model.to(self.device)
         height, width = payload["input_size"]
         self.transform = build_test_transform(height, width)
+        config = {**DEFAULTS, **(context.model_config or {})}
         # the same test-time flip averaging as the evaluate stage, so served embeddings are the evaluated ones
-        self.flip = bool((context.model_config or {}).get("flip", False))
+        self.flip = bool(config["flip"])
+        self.batch_size = int(config["batch_size"])
+        self.max_bytes = int(float(config["max_image_mb"]) * 1024 * 1024)
+        self.max_pixels = int(config["max_pixels"])
 
-    def _decode(self, row: int, value: str) -> torch.Tensor:
+    def _open(self, row: int, data: bytes, what: str) -> torch.Tensor:
+        if len(data) > self.max_bytes:
+            raise bad_input(f"row {row}: {what} is {len(data) / 2**20:.1f} MB, over the "
+                            f"{self.max_bytes / 2**20:.0f} MB limit")
         try:
-            image = Image.open(io.BytesIO(base64.b64decode(value, validate=True)))
-            return self.transform(image.convert("RGB"))
-        except (binascii.Error, UnidentifiedImageError, ValueError, TypeError) as error:
-            raise ValueError(f"row {row}: column {INPUT_COLUMN!r} is not a base64-encoded image ({error})") from None
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > self.max_pixels:
+                    raise bad_input(f"row {row}: {what} is {image.width}×{image.height} pixels, over the "
+                                    f"{self.max_pixels:,} pixel limit")
+                return self.transform(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+            raise bad_input(f"row {row}: {what} is not a readable image ({error})") from None
+
+    def _decode(self, row: int, value) -> torch.Tensor:
+        if not isinstance(value, str | bytes) or not value:
+            raise bad_input(f"row {row}: column {INPUT_COLUMN!r} must hold a base64-encoded image, got {value!r:.40}")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise bad_input(f"row {row}: column {INPUT_COLUMN!r} is not a base64-encoded image ({error})") from None
+        return self._open(row, data, f"column {INPUT_COLUMN!r}")
+
+    def _read(self, row: int, value) -> torch.Tensor:
+        if _serving():
+            raise bad_input(f"column {PATH_COLUMN!r} is for local batch use; a server takes {INPUT_COLUMN!r} "
+                            "(base64-encoded image bytes)")
+        path = Path(str(value))
+        if not path.is_file():
+            raise bad_input(f"row {row}: {path} does not exist")
+        return self._open(row, path.read_bytes(), str(path))
 
     @torch.no_grad()
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        if INPUT_COLUMN not in model_input:
-            raise ValueError(f"input needs a column {INPUT_COLUMN!r} of base64-encoded images")
-        images = [self._decode(i, v) for i, v in enumerate(model_input[INPUT_COLUMN])]
-        if not images:
-            return np.zeros((0, self.model.embedding_dim), dtype=np.float32)
-        batch = torch.stack(images)
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device)
         embeddings = self.model(batch)
         if self.flip:
             embeddings = torch.nn.functional.normalize(embeddings + self.model(torch.flip(batch, dims=[3])), dim=1)
-        return embeddings.numpy().astype(np.float32)
+        return embeddings.float().cpu()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        columns = [c for c in (INPUT_COLUMN, PATH_COLUMN) if c in model_input]
+        if not columns:  # schema enforcement drops unknown columns: nothing usable was sent
+            raise bad_input(f"input needs a column {INPUT_COLUMN!r} of base64-encoded images")
+        if len(model_input) == 0:
+            raise bad_input("empty batch: send at least one image")
+        column = INPUT_COLUMN if INPUT_COLUMN in columns and model_input[INPUT_COLUMN].notna().any() else columns[-1]
+        values, load = model_input[column], (self._decode if column == INPUT_COLUMN else self._read)
+        out = []
+        for start in range(0, len(values), self.batch_size):  # decode and embed a chunk at a time
+            chunk = values.iloc[start:start + self.batch_size]
+            out.append(self._embed(torch.stack([load(start + i, v) for i, v in enumerate(chunk)])))
+        return torch.cat(out).numpy().astype(np.float32)
 
 
-def signature(feature_dim: int) -> ModelSignature:
+def signature(embedding_dim: int) -> ModelSignature:
     return ModelSignature(
-        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, feature_dim))]),
+        inputs=Schema([ColSpec("string", INPUT_COLUMN, required=False),
+                       ColSpec("string", PATH_COLUMN, required=False)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embedding_dim))]),
     )
 
 
@@ -71,3 +132,30 @@ def requirements() -> list[str]:
     """Pinned from this environment, so MLflow need not infer them (slow) or guess."""
     names = ["torch", "torchvision", "numpy", "pandas", "pillow", "mlflow"]
     return [f"{name}=={version(name)}" for name in names]
+
+
+def example_image() -> str:
+    """A small grey JPEG, base64-encoded: the input example stored with the model."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 64), (128, 128, 128)).save(buffer, format="JPEG")
+    return encode_image(buffer.getvalue())
+
+
+def log_reid_model(checkpoint: str | Path, flip: bool = True, registered_model_name: str | None = None,
+                   tags: dict[str, str] | None = None):
+    """Log the checkpoint as a pyfunc model in the active run (and register it); returns the ModelInfo."""
+    model, payload = load_checkpoint(checkpoint)
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=ReIDEmbedder(),
+        artifacts={"checkpoint": str(checkpoint)},
+        signature=signature(model.embedding_dim),
+        input_example=pd.DataFrame({INPUT_COLUMN: [example_image()]}),
+        code_paths=[str(PACKAGE_ROOT / "dsfnet"), str(PACKAGE_ROOT / "pipeline")],
+        pip_requirements=requirements(),
+        model_config={**DEFAULTS, "flip": flip},
+        metadata={"embedding_dim": model.embedding_dim, "input_size": list(payload["input_size"]),
+                  "output": "L2-normalised embedding per image"},
+        registered_model_name=registered_model_name,
+        tags=tags,
+    )

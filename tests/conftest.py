@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +21,22 @@ def clustered_features(num_ids: int, per_id: int, dim: int, noise: float, seed: 
     feats = centres[labels] + noise * rng.normal(size=(labels.size, dim)) / np.sqrt(dim)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     return feats.astype(np.float32), labels
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_state():
+    """MLflow keeps the active experiment and runs per process: one test's must not leak into the next."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:  # set_experiment() exports its id
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.tracking.fluent._active_experiment_id = None  # what set_experiment() sets; no public reset
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ TINY_PROFILE = {
     "cluster": {"k1": 10, "k2": 3, "eps": 0.5, "min_samples": 3},
     "monitor": {"max_outlier_ratio": 1.0, "min_clusters": 1, "max_largest_cluster_ratio": 1.0, "max_label_churn": 1.0,
                 "min_nmi": 0.0, "min_purity": 0.0},
-    "register": {"min_map": 0.0},
+    "register": {"min_map": 0.0, "min_rank1": 0.0},
 }
 
 

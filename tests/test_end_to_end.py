@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
@@ -99,6 +100,20 @@ def test_model_is_registered_as_champion_with_lineage(run):
     assert training_run.data.params["train.epochs"] == "2"
     assert training_run.data.metrics["eval.mAP"] == pytest.approx(read(project, "evaluate")["mAP"])
     assert "monitor.purity" in training_run.data.metrics
+    # lineage: git commit, DVC's hash of the prepared data, the lock, and the dataset input with that digest
+    import subprocess
+
+    import yaml
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    data_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    assert champion.tags["git.commit"] == training_run.data.tags["git.commit"] == head
+    assert champion.tags["dvc.data_md5"] == training_run.data.tags["dvc.data_md5"] == data_md5
+    assert training_run.data.tags["system.torch"] == torch.__version__
+    inputs = training_run.inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic", data_md5[:36])]
+    assert register["lineage"]["git.commit"] == head
 
 
 def test_champion_pyfunc_returns_the_library_embeddings(run):

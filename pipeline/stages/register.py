@@ -1,56 +1,95 @@
-"""Stage `register`: log the pyfunc model, register it, and promote it only when it earns it.
+"""Stage `register`: log the pyfunc model, register it when every gate passed, promote it when it earns it.
 
-A model is registered only if the monitor gate passed and its mAP reaches register.min_map. It
-becomes the alias (default `champion`) only if it beats the current champion's mAP.
+A version is registered only if the validate, monitor and evaluate gates pass (register.min_map,
+register.min_rank1). It becomes `champion` only if its mAP beats the current champion's on the same
+dataset (a tie keeps the old one); otherwise it gets the alias `challenger`. The champion is always
+re-derived from the registry itself — the best mAP among this dataset's registered versions, the
+oldest on a tie — and re-read after setting, so two register stages running at once end with one
+champion and both report it correctly.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import time
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from dsfnet.checkpoint import load_checkpoint
-from pipeline import tracking
+from pipeline import lineage, tracking
 from pipeline.cli import run_stage
 from pipeline.io import read_json, write_json
 from pipeline.params import Params
 from pipeline.paths import CHECKPOINT, metrics_file
-from pipeline.serving import ReIDEmbedder, requirements, signature
+from pipeline.serving import log_reid_model
 
 log = logging.getLogger(__name__)
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+CHALLENGER = "challenger"
 
 
-def _gate_failures(params: Params, evaluation: dict, monitor: dict) -> list[str]:
+def gate_failures(params: Params, validation: dict, evaluation: dict, monitor: dict) -> list[str]:
     failures = []
+    if not validation.get("success", False):
+        failures.append("validate gate failed: the dataset did not pass validation")
     if not monitor.get("passed", False):
         failures.append("monitor gate failed: " + "; ".join(monitor.get("failures", [])))
     if evaluation["mAP"] < params.register.min_map:
-        failures.append(f"mAP {evaluation['mAP']:.2f}% is below register.min_map={params.register.min_map}%")
+        failures.append(f"evaluate gate failed: mAP {evaluation['mAP']:.2f}% is below "
+                        f"register.min_map={params.register.min_map}%")
+    if evaluation["rank1"] < params.register.min_rank1:
+        failures.append(f"evaluate gate failed: rank-1 {evaluation['rank1']:.2f}% is below "
+                        f"register.min_rank1={params.register.min_rank1}%")
     return failures
 
 
-def _champion_map(client: MlflowClient, name: str, alias: str) -> tuple[int | None, float | None]:
+def _version_map(version) -> float | None:
+    value = version.tags.get("mAP")
+    return float(value) if value is not None else None
+
+
+def best_version(client: MlflowClient, name: str, dataset: str) -> tuple[int, float] | None:
+    """(version, mAP) that deserves the champion alias: the best mAP on `dataset`, the oldest on a tie."""
+    candidates = [(int(v.version), _version_map(v)) for v in client.search_model_versions(f"name='{name}'")
+                  if v.tags.get("dataset") == dataset and _version_map(v) is not None]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: (-c[1], c[0]))
+
+
+def current_alias(client: MlflowClient, name: str, alias: str) -> tuple[int | None, float | None, str | None]:
     try:
-        champion = client.get_model_version_by_alias(name, alias)
+        version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
-        return None, None
-    value = champion.tags.get("mAP")
-    return int(champion.version), (float(value) if value is not None else None)
+        return None, None, None
+    return int(version.version), _version_map(version), version.tags.get("dataset")
+
+
+def settle_champion(client: MlflowClient, name: str, alias: str, dataset: str, attempts: int = 5) -> int | None:
+    """Point `alias` at the best version and re-read until the registry agrees (another register stage may
+    be writing at the same time: both converge on the same version)."""
+    for attempt in range(attempts):
+        best = best_version(client, name, dataset)
+        if best is None:
+            return None
+        holder, _, _ = current_alias(client, name, alias)
+        if holder != best[0]:
+            client.set_registered_model_alias(name, alias, str(best[0]))
+        time.sleep(0.2 * (attempt + 1))  # let a concurrent writer land, then check again
+        if best_version(client, name, dataset) == best and current_alias(client, name, alias)[0] == best[0]:
+            return best[0]
+    return current_alias(client, name, alias)[0]
 
 
 def register(params: Params) -> None:
-    """Write metrics/register.json: registered, model_name, version, alias, reason."""
+    """Write metrics/register.json: registered, version, alias, the numbers compared and the reason."""
     evaluation = read_json(metrics_file("evaluate"))
     monitor = read_json(metrics_file("monitor"))
-    name, alias = params.register.model_name, params.register.alias
-    result = {"registered": False, "model_name": name, "version": None, "alias": None,
+    validation = read_json(metrics_file("validate"))
+    name, alias, dataset = params.register.model_name, params.register.alias, params.dataset.name
+    result = {"registered": False, "model_name": name, "version": None, "alias": None, "dataset": dataset,
               "mAP": evaluation["mAP"], "rank1": evaluation["rank1"]}
-    failures = _gate_failures(params, evaluation, monitor)
+    failures = gate_failures(params, validation, evaluation, monitor)
     if failures:
         result["reason"] = "not registered: " + "; ".join(failures)
         write_json(metrics_file("register"), result)
@@ -59,41 +98,44 @@ def register(params: Params) -> None:
 
     tracking.configure(params.mlflow)
     client = MlflowClient()
-    model, _ = load_checkpoint(CHECKPOINT)
+    tags = {"dataset": dataset, "mAP": repr(float(evaluation["mAP"])), "rank1": repr(float(evaluation["rank1"])),
+            "gates": "passed",
+            **lineage.lineage_tags(tracking.flatten(params), dataset, params.dataset.root)}
     with mlflow.start_run(run_id=tracking.training_run_id()):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=ReIDEmbedder(),
-            artifacts={"checkpoint": str(CHECKPOINT)},
-            signature=signature(model.embedding_dim),
-            code_paths=[str(PACKAGE_ROOT / "dsfnet"), str(PACKAGE_ROOT / "pipeline")],
-            pip_requirements=requirements(),
-            model_config={"flip": params.evaluate.flip},
-            registered_model_name=name,
-        )
-    version = int(info.registered_model_version)
-    for key in ("mAP", "rank1"):
-        client.set_model_version_tag(name, str(version), key, repr(float(evaluation[key])))
-    client.set_model_version_tag(name, str(version), "dataset", params.dataset.name)
+        mlflow.set_tags({k: v for k, v in tags.items() if k not in ("mAP", "rank1")})
+        if lineage.DVC_LOCK.is_file():
+            mlflow.log_artifact(str(lineage.DVC_LOCK), artifact_path="lineage")
+        info = log_reid_model(CHECKPOINT, flip=params.evaluate.flip, registered_model_name=name)
+    version = str(info.registered_model_version)
+    for key, value in tags.items():  # mAP and dataset make the version a champion candidate
+        client.set_model_version_tag(name, version, key, value)
 
-    champion_version, champion_map = _champion_map(client, name, alias)
-    promote = champion_map is None or evaluation["mAP"] > champion_map
-    if champion_version is None:
-        reason = f"first {alias}"
-    elif champion_map is None:
-        reason = f"{alias} v{champion_version} carries no mAP tag; replaced"
-    elif promote:
-        reason = f"mAP {evaluation['mAP']:.2f}% beats {alias} v{champion_version} ({champion_map:.2f}%)"
+    # the champion this version competes with, read as late as possible (another stage may have just moved it)
+    previous_version, previous_map, previous_dataset = current_alias(client, name, alias)
+    if previous_dataset is not None and previous_dataset != dataset:
+        previous_version, previous_map = None, None  # another dataset's champion is no yardstick
+    champion = settle_champion(client, name, alias, dataset)
+    promoted = champion == int(version)
+    if previous_version is None:
+        reason = f"first {alias} on {dataset}" if promoted else f"{alias} is v{champion}"
+    elif promoted:
+        reason = f"mAP {evaluation['mAP']:.2f}% beats {alias} v{previous_version} ({previous_map:.2f}%)"
     else:
-        reason = (f"mAP {evaluation['mAP']:.2f}% does not beat {alias} v{champion_version} "
-                  f"({champion_map:.2f}%); {alias} unchanged")
-    if promote:
-        client.set_registered_model_alias(name, alias, str(version))
-    result.update(registered=True, version=version, alias=alias if promote else None, reason=reason,
-                  champion_version=version if promote else champion_version,
-                  model_uri=f"models:/{name}/{version}")
+        champion_map = current_alias(client, name, alias)[1]
+        reason = (f"mAP {evaluation['mAP']:.2f}% does not beat {alias} v{champion} ({champion_map:.2f}%); "
+                  f"{alias} unchanged, this version is {CHALLENGER}")
+    if not promoted:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    client.update_model_version(name, version, description=f"{'champion' if promoted else CHALLENGER}: {reason}. "
+                                f"mAP {evaluation['mAP']:.2f}%, rank-1 {evaluation['rank1']:.2f}% on {dataset}; "
+                                f"git {tags['git.commit'][:12]}, data md5 {tags['dvc.data_md5'][:12]}")
+    client.set_model_version_tag(name, version, "decision", reason)
+    result.update(registered=True, version=int(version), alias=alias if promoted else CHALLENGER, reason=reason,
+                  champion_version=champion, previous_champion_version=previous_version,
+                  previous_champion_mAP=previous_map, model_uri=f"models:/{name}/{version}",
+                  lineage={k: v for k, v in tags.items() if k not in ("mAP", "rank1", "dataset")})
     write_json(metrics_file("register"), result)
-    log.info("registered %s v%s (%s)", name, version, result["reason"])
+    log.info("registered %s v%s as %s (%s)", name, version, result["alias"], reason)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,11 @@ import hashlib
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,17 +20,25 @@ from dsfnet.checkpoint import save_checkpoint
 from dsfnet.data import read_manifest
 from dsfnet.distributed import init_from_environment, is_main_process
 from dsfnet.models import build_model
-from dsfnet.trainer import EpochStats, load_resume_state, model_config_for, seed_everything, train
-from pipeline import tracking
+from dsfnet.trainer import (
+    EpochStats,
+    load_resume_state,
+    model_config_for,
+    resolve_device,
+    seed_everything,
+    train,
+)
+from pipeline import lineage, tracking
 from pipeline.cli import StageFailed, run_stage
 from pipeline.io import write_csv, write_json
-from pipeline.params import Params
+from pipeline.params import Params, ParamsError, load_params
 from pipeline.paths import (
     CHECKPOINT,
     EPOCH_EMBEDDINGS,
     EPOCH_LABELS,
     EPOCH_STATS,
     MANIFEST,
+    PREPARED_DIR,
     RESUME_STATE,
     RUN_INFO,
     metrics_file,
@@ -47,6 +59,16 @@ def fingerprint(params: Params) -> str:
 def method_tag(params: Params) -> str:
     on = [name for name in ("finet", "scnet", "ddo") if getattr(params.dsfnet, name).enabled]
     return "dsfnet" if len(on) == 3 else ("cluster-contrast" + "".join(f"+{n}" for n in on))
+
+
+def log_dataset_input(params: Params) -> None:
+    """The training split as an MLflow dataset input whose digest is DVC's hash of the prepared data."""
+    manifest = pd.read_csv(MANIFEST)
+    digest = lineage.dvc_data_hash() or lineage.sha256_file(MANIFEST)
+    source = str(Path(params.dataset.root or PREPARED_DIR).resolve())  # a local path: MLflow resolves it
+    dataset = mlflow.data.from_pandas(manifest[manifest["split"] == "train"], source=source,
+                                      name=params.dataset.name, digest=digest[:36])
+    mlflow.log_input(dataset, context="training")
 
 
 def train_stage(params: Params) -> None:
@@ -83,8 +105,12 @@ def train_stage(params: Params) -> None:
     tracking.configure(params.mlflow)
     with mlflow.start_run(run_id=run_id, run_name=f"{params.dataset.name}-{params.model.arch}") as run:
         if resumed is None:
-            mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": method_tag(params)})
-            mlflow.log_params(tracking.flatten(params))
+            flat = tracking.flatten(params)
+            mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": method_tag(params),
+                             **lineage.lineage_tags(flat, params.dataset.name, params.dataset.root),
+                             **lineage.system_tags(str(resolve_device(params.train.device)))})
+            mlflow.log_params(flat)
+            log_dataset_input(params)
         result = train(model, dataset.train, params.train, params.cluster, params.dsfnet, on_epoch_end=on_epoch_end,
                        resume_path=RESUME_STATE, fingerprint=key, extra={"run_id": run.info.run_id})
         total_s = time.perf_counter() - start
@@ -116,8 +142,29 @@ def train_stage(params: Params) -> None:
              len(result.history), total_s / 60, last["num_clusters"], last["purity"])
 
 
+def launch_distributed(gpus: int, argv: list[str]) -> int:
+    """Re-run this stage under torchrun with `gpus` processes (DDP); rank 0 writes the outputs."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+               "-m", "pipeline.stages.train", *argv]
+    log.info("train.gpus=%d: %s", gpus, " ".join(command[1:]))
+    return subprocess.run(command, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "LOCAL_RANK" not in os.environ:  # not yet under torchrun: start it when more than one process is asked for
+        try:
+            gpus = load_params(_params_path(argv)).train.gpus
+        except ParamsError:
+            gpus = 1  # run_stage reports the params error
+        if gpus > 1:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s [train] %(levelname)s %(message)s")
+            return launch_distributed(gpus, argv)
     return run_stage("train", train_stage, argv)
+
+
+def _params_path(argv: list[str]) -> str:
+    return argv[argv.index("--params") + 1] if "--params" in argv[:-1] else "params.yaml"
 
 
 if __name__ == "__main__":

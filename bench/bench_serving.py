@@ -1,0 +1,159 @@
+"""Load test of `mlflow models serve`: throughput, latency and error codes under concurrent, partly bad traffic.
+
+    python bench/bench_serving.py [--requests 1000] [--concurrency 8] [--batch 8] [--malformed 0.1]
+                                  [--checkpoint models/model.pt] [--workers 1]
+
+Logs the checkpoint (default: models/model.pt when it exists, else a random-init DSFNet network at 64×32)
+as the pipeline's pyfunc model into a temporary sqlite registry, serves it on 127.0.0.1, sends the requests
+(each `--batch` real synthetic crops; a `--malformed` share are broken in turn: not JSON, no image
+column, not an image, an empty batch) and prints requests/s, images/s, p50/p99 latency and the 2xx/4xx/5xx
+counts (5xx must stay 0), then the bare model forward (with the same flip averaging) on the same batch in
+this process, and the ratio served/bare (goal ≥ 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import requests
+import torch
+from PIL import Image
+
+from dsfnet.checkpoint import load_checkpoint, save_checkpoint
+from dsfnet.config import DSFNetConfig
+from dsfnet.data import SyntheticConfig, generate_synthetic
+from dsfnet.data.transforms import build_test_transform
+from dsfnet.models import ModelConfig, build_model
+from dsfnet.trainer import model_config_for
+from pipeline.serving import encode_image, log_reid_model
+
+MALFORMED = [
+    ("not JSON", "{ this is not json"),
+    ("no image column", json.dumps({"dataframe_split": {"columns": ["img"], "data": [["x"]]}})),
+    ("not an image", json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encode_image(b"nope" * 50)]]}})),
+    ("empty batch", json.dumps({"dataframe_split": {"columns": ["image"], "data": []}})),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, uri: str, workers: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/dsfnet-reid/1",
+                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
+                               cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(360):
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return process, url
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise SystemExit("the server did not answer /ping within 3 minutes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8, help="images per well-formed request")
+    parser.add_argument("--malformed", type=float, default=0.1)
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        checkpoint = args.checkpoint
+        if not checkpoint.is_file():
+            torch.manual_seed(0)
+            config = model_config_for(ModelConfig(), DSFNetConfig())
+            checkpoint = root / "model.pt"
+            save_checkpoint(checkpoint, build_model(config), config, height=64, width=32)
+        model, payload = load_checkpoint(checkpoint)
+        data = generate_synthetic(root / "data", SyntheticConfig(profile="tiny"), progress=False)
+        images = [encode_image(r.path) for r in data.query[: args.batch]]
+        transform = build_test_transform(*payload["input_size"])
+        batch = torch.stack([transform(Image.open(r.path).convert("RGB")) for r in data.query[: args.batch]])
+        good = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}})
+
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        os.chdir(root)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        with mlflow.start_run():
+            log_reid_model(checkpoint, flip=True, registered_model_name="dsfnet-reid")
+        process, url = start_server(root, uri, args.workers)
+        try:
+            rng = np.random.default_rng(0)
+            bodies = [MALFORMED[i % len(MALFORMED)][1] if rng.random() < args.malformed else good
+                      for i in range(args.requests)]
+            session_pool = [requests.Session() for _ in range(args.concurrency)]
+
+            def send(i: int) -> tuple[int, float, bool]:
+                session = session_pool[i % args.concurrency]
+                start = time.perf_counter()
+                response = session.post(f"{url}/invocations", data=bodies[i], timeout=120,
+                                        headers={"Content-Type": "application/json"})
+                return response.status_code, time.perf_counter() - start, bodies[i] is good
+
+            send(0)  # warm-up
+            start = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                results = list(pool.map(send, range(args.requests)))
+            wall = time.perf_counter() - start
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+    codes = np.array([r[0] for r in results])
+    latency = np.array([r[1] for r in results]) * 1000
+    served_ok = sum(1 for code, _, is_good in results if is_good and code == 200)
+    images_per_s = served_ok * args.batch / wall
+    good_latency = np.array([r[1] for r in results if r[2]]) * 1000
+
+    with torch.no_grad():
+        for _ in range(3):
+            model(batch)
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 10:
+            torch.nn.functional.normalize(model(batch) + model(torch.flip(batch, dims=[3])), dim=1)
+            runs += 1
+        bare = runs * args.batch / (time.perf_counter() - start)
+
+    print(f"{args.requests} requests, concurrency {args.concurrency}, {args.batch} images each, "
+          f"{args.malformed:.0%} malformed, server workers {args.workers}, torch threads {torch.get_num_threads()}")
+    print(f"wall {wall:.1f} s: {args.requests / wall:.1f} requests/s, {images_per_s:.1f} images/s served")
+    print(f"latency all: p50 {np.percentile(latency, 50):.0f} ms, p99 {np.percentile(latency, 99):.0f} ms; "
+          f"well-formed: p50 {np.percentile(good_latency, 50):.0f} ms, p99 {np.percentile(good_latency, 99):.0f} ms")
+    ok, client_errors = int(((codes >= 200) & (codes < 300)).sum()), int(((codes >= 400) & (codes < 500)).sum())
+    print(f"status: 2xx {ok}, 4xx {client_errors}, 5xx {int((codes >= 500).sum())}")
+    print(f"bare forward (flip-averaged, batch {args.batch}): {bare:.1f} images/s; served/bare = "
+          f"{images_per_s / bare:.2f} (goal >= 0.8)")
+    if (codes >= 500).any():
+        raise SystemExit("5xx responses: the server failed on some requests")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The pyfunc model locally and behind a real `mlflow models serve` process on 127.0.0.1.
+
+A FINet network (random init: the arithmetic is the point, not retrieval quality) over tiny synthetic
+crops, logged with the same helper the register stage uses, into a sqlite registry in a temp dir.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from dsfnet.checkpoint import save_checkpoint
+from dsfnet.config import DSFNetConfig
+from dsfnet.data import SyntheticConfig, generate_synthetic
+from dsfnet.features import extract_features
+from dsfnet.models import ModelConfig, build_model
+from dsfnet.trainer import model_config_for
+from pipeline.serving import encode_image, log_reid_model
+
+HEIGHT, WIDTH = 32, 16
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """(working dir, tracking URI, query records) with models:/dsfnet-reid@champion registered."""
+    root = tmp_path_factory.mktemp("serving")
+    torch.manual_seed(0)
+    config = model_config_for(ModelConfig(), DSFNetConfig())
+    save_checkpoint(root / "model.pt", build_model(config), config, height=HEIGHT, width=WIDTH)
+    data = generate_synthetic(root / "data", SyntheticConfig(profile="tiny", height=HEIGHT * 2, width=WIDTH * 2),
+                              progress=False)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    cwd = os.getcwd()
+    os.chdir(root)  # the default artifact root is relative to the working directory
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        with mlflow.start_run():
+            log_reid_model(root / "model.pt", flip=True, registered_model_name="dsfnet-reid")
+        MlflowClient().set_registered_model_alias("dsfnet-reid", "champion", "1")
+    finally:
+        os.chdir(cwd)
+    return root, uri, data.query[:5]
+
+
+@pytest.fixture(scope="module")
+def local_model(registry):
+    root, uri, _ = registry
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model("models:/dsfnet-reid@champion")
+
+
+def test_local_predictions_equal_the_evaluate_stage_embeddings(registry, local_model):
+    root, _, records = registry
+    from dsfnet.checkpoint import load_checkpoint
+
+    network, _ = load_checkpoint(root / "model.pt")
+    expected = extract_features(network, records, HEIGHT, WIDTH, flip=True, progress=False)
+    by_bytes = np.asarray(local_model.predict(pd.DataFrame({"image": [encode_image(r.path) for r in records]})))
+    by_path = np.asarray(local_model.predict(pd.DataFrame({"path": [r.path for r in records]})))
+    assert by_bytes.shape == (len(records), network.embedding_dim) == (len(records), 3 * 512)
+    np.testing.assert_allclose(by_bytes, expected, atol=1e-5)
+    np.testing.assert_allclose(by_path, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(by_bytes, axis=1), 1.0, atol=1e-5)
+    assert local_model.metadata.metadata["embedding_dim"] == 3 * 512
+
+
+def test_local_batches_are_chunked_without_changing_the_result(registry, local_model):
+    _, _, records = registry
+    frame = pd.DataFrame({"image": [encode_image(r.path) for r in records] * 30})  # 150 rows: 3 chunks of 64
+    out = np.asarray(local_model.predict(frame))
+    assert out.shape[0] == 150
+    np.testing.assert_allclose(out[:5], out[-5:], atol=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    root, uri, _ = registry
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    log = open(root / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/dsfnet-reid@champion",
+                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                               cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mlflow models serve exited: {(root / 'server.log').read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("mlflow models serve did not answer /ping within 180 s")
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+def invoke(url: str, body, content_type: str = "application/json") -> requests.Response:
+    data = body if isinstance(body, (str, bytes)) else __import__("json").dumps(body)
+    return requests.post(f"{url}/invocations", data=data, headers={"Content-Type": content_type}, timeout=120)
+
+
+def images_body(values: list[str], column: str = "image") -> dict:
+    return {"dataframe_split": {"columns": [column], "data": [[v] for v in values]}}
+
+
+def test_served_embeddings_equal_local_predictions(server, registry, local_model):
+    _, _, records = registry
+    encoded = [encode_image(r.path) for r in records]
+    response = invoke(server, images_body(encoded))
+    assert response.status_code == 200, response.text
+    served = np.array(response.json()["predictions"], dtype=np.float32)
+    assert served.shape == (len(records), 3 * 512)
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(served, np.asarray(local_model.predict(pd.DataFrame({"image": encoded}))), atol=1e-5)
+
+
+def big_png(megabytes: float) -> bytes:
+    side = int((megabytes * 2**20 / 3) ** 0.5) + 8
+    noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)  # incompressible
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("name", "body", "content_type", "message"), [
+    ("not JSON", "this is not json {", "application/json", "Invalid input"),
+    ("missing column", {"dataframe_split": {"columns": ["img"], "data": [["abc"]]}}, "application/json",
+     "needs a column 'image'"),
+    ("not an image", images_body([encode_image(b"GIF89a but not really an image")]), "application/json",
+     "not a readable image"),
+    ("not base64", images_body(["%%% not base64 %%%"]), "application/json", "not a base64-encoded image"),
+    ("empty batch", {"dataframe_split": {"columns": ["image"], "data": []}}, "application/json", "empty batch"),
+    ("server-side path", images_body(["/etc/passwd"], column="path"), "application/json", "local batch use"),
+])
+def test_bad_requests_get_a_4xx_with_a_clear_message(server, name, body, content_type, message):
+    response = invoke(server, body, content_type)
+    assert 400 <= response.status_code < 500, (name, response.status_code, response.text[:500])
+    assert message in response.text, (name, response.text[:500])
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+def test_a_20_mb_image_is_refused_and_the_server_stays_up(server, registry):
+    data = big_png(20)
+    assert len(data) > 20 * 2**20
+    response = invoke(server, images_body([encode_image(data)]))
+    assert response.status_code == 400 and "over the 10 MB limit" in response.text, response.text[:300]
+    _, _, records = registry
+    ok = invoke(server, images_body([encode_image(records[0].path)]))
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
