@@ -148,13 +148,13 @@ def _mlflow_link(project_dir: Path) -> str | None:
 
 
 def summary_markdown(project_dir: Path, statuses: dict[str, str], results: dict[str, dict],
-                     overrides: dict[str, Any]) -> str:
+                     overrides: dict[str, Any], lines: list[str]) -> str:
     """The run as a person reads it in the Prefect UI: stages, metrics, gate decisions, links."""
     out = ["# DSFNet pipeline", "", "| stage | status |", "|---|---|"]
     out += [f"| {stage} | {status} |" for stage, status in statuses.items()]
     if overrides:
         out += ["", "Overrides: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items())]
-    out += ["", "## Summary", ""] + [f"- {line}" for line in summary_lines(project_dir, results)]
+    out += ["", "## Summary", ""] + [f"- {line}" for line in lines]
     evaluation, monitor = results.get("evaluate"), results.get("monitor")
     if evaluation or monitor:
         out += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
@@ -230,7 +230,7 @@ def dsfnet_pipeline(project_dir: str = ".", stages: list[str] | None = None,
         statuses[stage] = runner(stage, str(project), 60 * getattr(settings.timeout_min, stage))
     results = read_results(project)
     lines = summary_lines(project, results)
-    create_markdown_artifact(key="dsfnet-summary", markdown=summary_markdown(project, statuses, results, overrides),
+    create_markdown_artifact(key="dsfnet-summary", markdown=summary_markdown(project, statuses, results, overrides, lines),
                              description="Stage statuses, metrics, gate decisions and links of this run")
     return {"stages": statuses, "results": results, "summary": lines}
 

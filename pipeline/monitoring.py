@@ -76,7 +76,7 @@ class MonitorData:
                    str(stored["source"]))
 
 
-def epoch_statistics(epoch_row: dict, labels: np.ndarray, has_truth: bool) -> dict[str, float]:
+def monitored_statistics(epoch_row: dict, labels: np.ndarray, has_truth: bool) -> dict[str, float]:
     """The monitored statistics of one epoch (from the trainer's epochs.csv row, plus the largest share)."""
     sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0)
     stats = {key: float(epoch_row[key]) for key in STATISTICS if key in epoch_row}

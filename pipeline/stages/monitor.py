@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.cli import StageFailed, run_stage
 from pipeline.io import read_json, staged_dir, write_json
-from pipeline.monitoring import MonitorData, epoch_statistics, run_monitor_report
+from pipeline.monitoring import MonitorData, monitored_statistics, run_monitor_report
 from pipeline.params import Params
 from pipeline.paths import EPOCH_EMBEDDINGS, EPOCH_LABELS, EPOCH_STATS, MONITOR_REPORTS, RUN_INFO, metrics_file
 
@@ -54,7 +54,7 @@ def load_run(params: Params) -> tuple[MonitorData, MonitorData, pd.DataFrame]:
     def side(position: int, key: str) -> MonitorData:
         labels = stored[epochs[position]]
         row = table.iloc[position].to_dict()
-        return MonitorData(epoch_statistics(row, labels, has_truth), labels, truth if has_truth else None,
+        return MonitorData(monitored_statistics(row, labels, has_truth), labels, truth if has_truth else None,
                            rows[keep], embedded[key][keep].astype(np.float32),
                            f"this run, epoch {int(row['epoch'])}")
 
