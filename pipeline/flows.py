@@ -230,7 +230,8 @@ def dsfnet_pipeline(project_dir: str = ".", stages: list[str] | None = None,
         statuses[stage] = runner(stage, str(project), 60 * getattr(settings.timeout_min, stage))
     results = read_results(project)
     lines = summary_lines(project, results)
-    create_markdown_artifact(key="dsfnet-summary", markdown=summary_markdown(project, statuses, results, overrides, lines),
+    markdown = summary_markdown(project, statuses, results, overrides, lines)
+    create_markdown_artifact(key="dsfnet-summary", markdown=markdown,
                              description="Stage statuses, metrics, gate decisions and links of this run")
     return {"stages": statuses, "results": results, "summary": lines}
 
