@@ -1,11 +1,12 @@
 """Training-iteration overhead: a full iteration vs the bare backbone forward+backward on the same batch.
 
     python bench/bench_overhead.py [--arch resnet18] [--height 64 --width 32] [--batch 64] [--iters 20]
-                                   [--workers 0] [--device cpu]
+                                   [--workers 0] [--device cpu] [--no-cache-images]
 
 "bare" is trunk + pooling + BN neck forward and backward of a trivial loss on a batch already in memory.
-"iteration" is what the trainer does per step: the next P×K batch from the DataLoader (decode, augment),
-every branch forward, ClusterNCE/FINet/SCNet losses, memory updates, backward and the Adam step.
+"iteration" is what the trainer does per step: the next P×K batch from the DataLoader (augmentation of
+images decoded and resized once, `train.cache_images`, as from the second epoch on; --no-cache-images decodes
+every time), every branch forward, ClusterNCE/FINet/SCNet losses, memory updates, backward and the Adam step.
 Medians over --iters steps after 3 warm-up steps, for the baseline and for full DSFNet.
 """
 
@@ -28,7 +29,7 @@ from dsfnet.data.transforms import build_train_transform
 from dsfnet.features import extract_branches
 from dsfnet.models import ModelConfig, build_model
 from dsfnet.objective import DSFNetObjective
-from dsfnet.trainer import model_config_for, pseudo_labels, resolve_device, train_step
+from dsfnet.trainer import TrainConfig, build_optimizer, model_config_for, pseudo_labels, resolve_device, train_step
 
 
 def median_seconds(step, iters: int, device: torch.device) -> float:
@@ -57,7 +58,9 @@ def measure(data, method: DSFNetConfig, args, device: torch.device) -> tuple[flo
     objective = DSFNetObjective(branches, labels, method, proxies=clustered.proxies).to(device).train()
     proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
     dataset = ImageDataset([data.train[i] for i in kept], build_train_transform(args.height, args.width),
-                           labels=labels[kept].tolist())
+                           labels=labels[kept].tolist(), cache={} if args.cache_images else None)
+    if args.cache_images:
+        dataset.preload()  # as from the second epoch on: every image decoded and resized once
     camids = [data.train[i].camid for i in kept]
 
     def batches():
@@ -69,7 +72,7 @@ def measure(data, method: DSFNetConfig, args, device: torch.device) -> tuple[flo
             epoch += 1
 
     stream = batches()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3.5e-4, weight_decay=5e-4)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig())
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     model.train()
@@ -96,6 +99,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--profile", default="default")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-cache-images", dest="cache_images", action="store_false",
+                        help="decode every image each time (train.cache_images: false)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cuda":

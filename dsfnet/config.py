@@ -29,21 +29,26 @@ class FINetConfig:
 
 @dataclass
 class SCNetConfig:
-    """Hard-sample secondary clustering and the hard-proxy memory it initialises."""
+    """Secondary clustering inside every cluster: its hard sub-clusters become proxies (and labels)."""
 
     enabled: bool = True
-    intra_quantile: float = 0.2  # the share of each cluster least similar to its centroid is intra-class hard
-    inter_margin: float = 0.0  # hard if sim(other centroid) > sim(own centroid) - margin
-    sub_distance: float = 0.3  # cosine distance at which secondary (average-linkage) clustering stops merging
+    split: bool = True  # every sub-cluster is a pseudo-label of its own (False: only the hard-proxy memory sees them)
+    sibling_negatives: bool = True  # with split: sub-clusters of one primary cluster are each other's negatives
+    linkage: str = "complete"  # complete (no chaining) | average
+    sub_distance: float = 0.5  # cosine distance at which secondary clustering stops merging
+    min_sub_size: int = 4  # smaller sub-clusters join the nearest kept one
+    inter_margin: float = 0.0  # inter-class hard if sim(other centroid) > sim(own centroid) - margin (monitoring)
     lambda_hard: float = 0.5  # weight of the hard-proxy contrastive term
     positive: str = "own"  # own (the sample's proxy) | hardest (the least similar proxy of its cluster)
     own_negatives: bool = False  # the other proxies of the own cluster are negatives too (keeps sub-clusters apart)
 
     def check(self) -> None:
-        if not 0.0 <= self.intra_quantile < 1.0:
-            raise ValueError(f"dsfnet.scnet.intra_quantile must be in [0, 1), got {self.intra_quantile}")
+        if self.linkage not in ("complete", "average"):
+            raise ValueError(f"dsfnet.scnet.linkage must be 'complete' or 'average', got {self.linkage!r}")
         if not 0.0 < self.sub_distance <= 2.0:
             raise ValueError(f"dsfnet.scnet.sub_distance must be in (0, 2], got {self.sub_distance}")
+        if self.min_sub_size < 1:
+            raise ValueError(f"dsfnet.scnet.min_sub_size must be >= 1, got {self.min_sub_size}")
         if self.positive not in ("own", "hardest"):
             raise ValueError(f"dsfnet.scnet.positive must be 'own' or 'hardest', got {self.positive!r}")
         if self.own_negatives and self.positive != "own":

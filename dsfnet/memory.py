@@ -53,11 +53,14 @@ class ClusterMemory(nn.Module):
     applied sample by sample in batch order, matching the reference's backward pass.
     """
 
-    def __init__(self, centroids: torch.Tensor, temperature: float = 0.05, momentum: float = 0.1):
+    def __init__(self, centroids: torch.Tensor, temperature: float = 0.05, momentum: float = 0.1,
+                 groups: torch.Tensor | None = None):
         super().__init__()
         self.temperature = temperature
         self.momentum = momentum
         self.register_buffer("features", F.normalize(centroids.detach().float(), dim=1).clone())
+        # clusters of one group (SCNet's sub-clusters of one primary cluster) are not each other's negatives
+        self.register_buffer("groups", groups.long().clone() if groups is not None else None)
 
     @classmethod
     def from_labels(cls, features: torch.Tensor, labels: torch.Tensor, **kwargs) -> ClusterMemory:
@@ -69,6 +72,10 @@ class ClusterMemory(nn.Module):
         inputs = F.normalize(inputs.float(), dim=1)
         # a snapshot: the momentum update below must not touch the tensor autograd saved for backward
         logits = inputs @ self.features.clone().T / self.temperature
+        if self.groups is not None:
+            siblings = self.groups.unsqueeze(0) == self.groups[targets].unsqueeze(1)
+            siblings[torch.arange(len(targets), device=targets.device), targets] = False
+            logits = logits.masked_fill(siblings, float("-inf"))
         loss = F.cross_entropy(logits, targets)
         if self.training:
             self.update(inputs.detach(), targets)
@@ -101,9 +108,10 @@ class HardProxyMemory(nn.Module):
         self.register_buffer("features", F.normalize(proxies.detach().float(), dim=1).clone())
         self.register_buffer("owners", owners.long().clone())
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, proxy_targets: torch.Tensor) -> torch.Tensor:
-        """`targets`: cluster of each sample; `proxy_targets`: the proxy it belongs to (and updates)."""
+    def forward(self, inputs: torch.Tensor, proxy_targets: torch.Tensor) -> torch.Tensor:
+        """`proxy_targets`: the proxy each sample belongs to (and updates); its owner is the sample's cluster."""
         inputs = F.normalize(inputs.float(), dim=1)
+        targets = self.owners[proxy_targets]
         logits = inputs @ self.features.clone().T / self.temperature  # (B, M)
         own = self.owners.unsqueeze(0) == targets.unsqueeze(1)
         if self.positive == "hardest":

@@ -26,9 +26,16 @@ class DSFNetObjective(nn.Module):
         labels_t = torch.from_numpy(np.asarray(labels)).long()
         num_clusters = int(labels_t.max()) + 1
 
+        groups = None  # SCNet's split labels: the primary cluster of each label, unless siblings are negatives
+        if config.scnet.enabled and config.scnet.split and proxies is not None:
+            if not np.array_equal(labels, proxies.assignment):
+                raise ValueError("dsfnet.scnet.split is on: the labels must be SCNet's sub-cluster assignment")
+            if not config.scnet.sibling_negatives:
+                groups = torch.from_numpy(np.asarray(proxies.owners))
+
         def memory(features: np.ndarray) -> ClusterMemory:
             centroids = centroids_of(torch.from_numpy(features), labels_t, num_clusters)
-            return ClusterMemory(centroids, temperature=temperature, momentum=momentum)
+            return ClusterMemory(centroids, temperature=temperature, momentum=momentum, groups=groups)
 
         self.main_key = "fused" if config.finet.enabled else "global"
         self.main = memory(branches[self.main_key])
@@ -64,6 +71,6 @@ class DSFNetObjective(nn.Module):
         if self.hard is not None:
             if proxy_targets is None:
                 raise ValueError("SCNet's hard-proxy term needs each sample's proxy")
-            terms["loss_hard"] = self.hard(main, targets, proxy_targets)
+            terms["loss_hard"] = self.hard(main, proxy_targets)
             total = total + self.config.scnet.lambda_hard * terms["loss_hard"]
         return total, {name: float(value.detach()) for name, value in terms.items()}

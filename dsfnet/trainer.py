@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
     gpus: int = 1  # processes for the train stage: > 1 starts it under torchrun (DDP, one per GPU)
+    cache_images: bool = True  # with workers 0: keep every train image decoded and resized (H×W×3 bytes each)
 
 
 @dataclass
@@ -86,6 +87,8 @@ class EpochStats:
     intra_hard: int = 0
     inter_hard: int = 0
     hard_proxies: int = 0  # SCNet: proxies in the hard-proxy memory
+    split_clusters: int = 0  # SCNet: DBSCAN clusters that secondary clustering divided
+    primary_clusters: int = 0  # SCNet: DBSCAN's clusters before the split (num_clusters counts after it)
     lambda_t: float = float("nan")  # DDO: weight of the part distances this epoch
     agreement: float = float("nan")  # DDO: fused/part kNN agreement
     weight_global: float = float("nan")  # FINet: mean integration weight of the global branch
@@ -206,11 +209,19 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
     if method.scnet.enabled:
         start = time.perf_counter()
         main = branches["fused"] if (method.finet.enabled or method.ddo.enabled) else branches["global"]
-        proxies = secondary_clustering(main, pseudo.labels, method.scnet.intra_quantile,
-                                       method.scnet.inter_margin, method.scnet.sub_distance)
+        scnet = method.scnet
+        proxies = secondary_clustering(main, pseudo.labels, scnet.sub_distance, scnet.min_sub_size, scnet.linkage,
+                                       scnet.inter_margin)
         pseudo.timings["dbscan_s"] += time.perf_counter() - start
-        extra.update(proxies.stats())
+        extra.update(proxies.stats(), primary_clusters=pseudo.num_clusters)
+        if scnet.split:  # every sub-cluster is a pseudo-identity: DBSCAN's chained clusters come apart
+            return EpochLabels(proxies.assignment.copy(), pseudo.timings, proxies, extra)
     return EpochLabels(pseudo.labels, pseudo.timings, proxies, extra)
+
+
+def build_optimizer(params, config: TrainConfig) -> torch.optim.Adam:
+    """Adam with the fused kernel (CPU and CUDA): one pass over the weights instead of a loop per tensor."""
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def train_step(network, objective: DSFNetObjective, optimizer, scaler, batch, proxy_of: np.ndarray | None,
@@ -279,13 +290,15 @@ def train(
         network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     truth = np.array([r.pid for r in records])
     camids = np.array([r.camid for r in records])
     transform = build_train_transform(config.height, config.width)
     has_truth = bool((truth >= 0).all())
+    # shared by every epoch's dataset; loader worker processes would each rebuild it every epoch
+    image_cache: dict | None = {} if config.cache_images and config.workers == 0 else None
     rows = monitor_rows(len(records), config.seed)
     result = TrainResult(history=[], labels=[], embedding_rows=rows)
     first_epoch = 0
@@ -328,7 +341,7 @@ def train(
                                     clustered.proxies).to(device)
         kept = np.flatnonzero(labels >= 0)
         proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
-        dataset = ImageDataset([records[i] for i in kept], transform, labels=labels[kept].tolist())
+        dataset = ImageDataset([records[i] for i in kept], transform, labels=labels[kept].tolist(), cache=image_cache)
         sampler = CameraAwarePKSampler(labels[kept], camids[kept], config.num_instances,
                                        seed=config.seed * 1000 + epoch + 7919 * rank)
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,

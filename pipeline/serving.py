@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dsfnet.checkpoint import load_checkpoint
 from dsfnet.data.transforms import build_test_transform
+from pipeline.batching import MicroBatcher
 
 INPUT_COLUMN = "image"
 PATH_COLUMN = "path"
@@ -63,6 +64,8 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         self.batch_size = int(config["batch_size"])
         self.max_bytes = int(float(config["max_image_mb"]) * 1024 * 1024)
         self.max_pixels = int(config["max_pixels"])
+        # the server calls predict from several threads at once: they decode concurrently and share forwards
+        self.batcher = MicroBatcher(self._forward, max_batch=self.batch_size)
 
     def _open(self, row: int, data: bytes, what: str) -> torch.Tensor:
         if len(data) > self.max_bytes:
@@ -95,13 +98,16 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
             raise bad_input(f"row {row}: {path} does not exist")
         return self._open(row, path.read_bytes(), str(path))
 
-    @torch.no_grad()
-    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device)
         embeddings = self.model(batch)
         if self.flip:
             embeddings = torch.nn.functional.normalize(embeddings + self.model(torch.flip(batch, dims=[3])), dim=1)
         return embeddings.float().cpu()
+
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.batcher(batch)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         if not isinstance(model_input, pd.DataFrame):

@@ -68,3 +68,25 @@ def test_training_stops_with_advice_when_dbscan_finds_no_cluster(tmp_path):
     with pytest.raises(NoClusterError, match="try a larger cluster.eps"):
         train(build_model(ModelConfig()), data.train, config, ClusterConfig(k1=10, k2=3, eps=1e-6, min_samples=40),
               progress=False)
+
+
+def test_cached_images_give_the_same_augmented_batches_as_decoding_each_time(tmp_path):
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+    from dsfnet.data.loader import ImageDataset, split_deterministic
+    from dsfnet.data.transforms import build_train_transform
+
+    records = generate_synthetic(tmp_path, SyntheticConfig(profile="tiny"), progress=False).train[:6]
+    transform = build_train_transform(32, 16)
+    cache: dict = {}
+    cached, plain = ImageDataset(records, transform, cache=cache), ImageDataset(records, transform)
+    prefix, rest = split_deterministic(transform)
+    assert [type(t).__name__ for t in prefix.transforms] == ["Resize"] and len(rest.transforms) == 6
+    for _ in range(2):  # the first pass fills the cache, the second reads it
+        for index in range(len(records)):
+            torch.manual_seed(index)
+            first = cached[index][0]
+            torch.manual_seed(index)
+            torch.testing.assert_close(first, plain[index][0], rtol=0, atol=0)
+    assert len(cache) == len(records)
+    with pytest.raises(ValueError, match="cache dict"):
+        plain.preload()

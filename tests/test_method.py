@@ -110,7 +110,8 @@ def test_hard_proxy_loss_contrasts_one_own_proxy_against_other_clusters(positive
     memory = HardProxyMemory(proxies, owners, temperature=0.1, momentum=0.5, positive=positive)
     inputs = torch.randn(4, 8, requires_grad=True)
     targets, proxy_targets = torch.tensor([1, 0, 2, 1]), torch.tensor([3, 0, 6, 2])
-    loss = memory(inputs, targets, proxy_targets)
+    loss = memory(inputs, proxy_targets)
+    assert torch.equal(owners[proxy_targets], targets)
     x = F.normalize(inputs.detach(), dim=1)
     expected = []
     for i in range(4):
@@ -134,42 +135,75 @@ def _unit(*rows):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_secondary_clustering_finds_hard_samples_and_their_sub_clusters():
-    # cluster 0: three members near e0 and two outlying modes (a pair near e1, one near e2);
-    # cluster 1: near e3, one member (index 8) that sits closer to cluster 0's centroid.
-    features = _unit([1, .05, 0, 0], [1, 0, .05, 0], [1, 0, 0, .05], [.3, 1, 0, 0], [.3, 1, .05, 0],
-                     [.3, 0, 1, 0], [0, 0, 0, 1], [0, .05, 0, 1], [1, .2, .2, .3], [.02, 0, 0, 1])
-    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
-    proxies = secondary_clustering(features, labels, intra_quantile=0.5, inter_margin=0.0, sub_distance=0.2)
-    # literal definitions
-    centroids = np.stack([features[labels == c].mean(0) for c in (0, 1)])
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    sims = features @ centroids.T
-    own = sims[np.arange(10), labels]
-    expected_inter = sims[np.arange(10), 1 - labels] > own
-    expected_intra = np.zeros(10, dtype=bool)
-    for c in (0, 1):
-        members = np.flatnonzero(labels == c)
-        expected_intra[members[np.argsort(own[members])[: len(members) // 2]]] = True
-    np.testing.assert_array_equal(proxies.inter_hard, expected_inter)
-    np.testing.assert_array_equal(proxies.intra_hard, expected_intra)
-    assert proxies.inter_hard[8] and expected_intra[[3, 4, 5]].all()
-    # cluster 0: easy proxy {0,1,2}, sub-clusters {3,4} and {5}
-    groups = {tuple(np.flatnonzero(proxies.assignment == p)) for p in range(len(proxies.proxies))}
-    assert {(0, 1, 2), (3, 4), (5,)} <= groups
-    for p, members in enumerate(np.flatnonzero(proxies.assignment == p) for p in range(len(proxies.proxies))):
+def _around(direction, count, seed, spread=0.05):
+    rng = np.random.default_rng(seed)
+    x = np.asarray(direction, dtype=np.float32) + spread * rng.standard_normal((count, len(direction)))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_secondary_clustering_splits_chained_clusters_into_sub_clusters():
+    # cluster 0 as DBSCAN may chain it: 6 samples around e0, 4 around e1, one stray off both, nearer e1;
+    # cluster 1: 5 samples around e3 (too few to yield two sub-clusters of min_size 4); one outlier
+    stray = _unit([0.1, 0.5, 1, 0])  # > sub_distance from both modes: a sub-cluster of one
+    features = np.concatenate([_around([1, 0, 0, 0], 6, 0), _around([0, 1, 0, 0], 4, 1), stray,
+                               _around([0, 0, 0, 1], 5, 2), _unit([0, 0, 1, 0])])
+    labels = np.array([0] * 11 + [1] * 5 + [-1])
+    proxies = secondary_clustering(features, labels, sub_distance=0.5, min_size=4, linkage="complete")
+    core, mode, other = np.arange(6), np.arange(6, 11), np.arange(11, 16)  # the stray joins its nearest mode
+    groups = [np.flatnonzero(proxies.assignment == p) for p in range(len(proxies.proxies))]
+    assert [g.tolist() for g in groups] == [core.tolist(), mode.tolist(), other.tolist()]
+    assert proxies.owners.tolist() == [0, 0, 1] and proxies.split_clusters == 1
+    assert proxies.assignment[16] == -1 and not proxies.hard[16]
+    np.testing.assert_array_equal(np.flatnonzero(proxies.intra_hard), mode)  # outside the core: hard
+    for p, members in enumerate(groups):
         mean = features[members].mean(0)
         np.testing.assert_allclose(proxies.proxies[p], mean / np.linalg.norm(mean), atol=1e-6)
-        assert set(labels[members]) == {proxies.owners[p]}
-    assert proxies.stats()["hard_samples"] == int((expected_inter | expected_intra).sum())
+    # literal inter-class test: another centroid at least as similar as the own one
+    centroids = np.stack([features[labels == c].mean(0) for c in (0, 1)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    sims = features[:16] @ centroids.T
+    np.testing.assert_array_equal(proxies.inter_hard[:16], sims[np.arange(16), 1 - labels[:16]] > sims[np.arange(16),
+                                                                                                      labels[:16]])
+    assert proxies.stats() == {"hard_samples": int(proxies.hard.sum()), "intra_hard": 5,
+                               "inter_hard": int(proxies.inter_hard.sum()), "hard_proxies": 3, "split_clusters": 1}
+    # a threshold wider than the two modes' distance keeps the cluster whole
+    whole = secondary_clustering(features, labels, sub_distance=1.9, min_size=4)
+    assert len(whole.proxies) == 2 and not whole.intra_hard.any()
 
 
-def test_secondary_clustering_keeps_outliers_out():
+@pytest.mark.parametrize("sibling_negatives", [True, False])
+def test_split_labels_mask_sibling_sub_clusters_unless_they_are_negatives(sibling_negatives):
+    torch.manual_seed(4)
+    # 3 primary clusters split into 6 sub-clusters: owners [0, 0, 0, 1, 2, 2]
+    owners = np.array([0, 0, 0, 1, 2, 2])
+    labels = np.repeat(np.arange(6), 3)
+    feats = F.normalize(torch.randn(18, 8), dim=1).numpy()
+    branches = {"global": feats, "parts": None, "fused": None}
+    from dsfnet.cluster.scnet import HardProxies
+
+    hard = np.zeros(18, dtype=bool)
+    proxies = HardProxies(feats[::3], owners, labels.copy(), hard, hard)
+    config = DSFNetConfig(FINetConfig(enabled=False), SCNetConfig(sibling_negatives=sibling_negatives, lambda_hard=0),
+                          DDOConfig(enabled=False))
+    objective = DSFNetObjective(branches, labels, config, temperature=0.1, proxies=proxies).eval()
+    inputs, targets = torch.randn(4, 8), torch.tensor([0, 2, 3, 5])
+    loss = objective.main(inputs, targets)
+    logits = F.normalize(inputs, dim=1) @ objective.main.features.T / 0.1
+    expected = []
+    for i, t in enumerate(targets.tolist()):
+        allowed = [c for c in range(6) if sibling_negatives or c == t or owners[c] != owners[t]]
+        expected.append(-torch.log_softmax(logits[i, allowed], dim=0)[allowed.index(t)])
+    assert float(loss) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+
+
+def test_secondary_clustering_keeps_outliers_out_and_checks_its_input():
     features = _unit([1, 0], [1, .1], [0, 1], [.1, 1], [1, 1])
-    proxies = secondary_clustering(features, np.array([0, 0, 1, 1, -1]), intra_quantile=0.0)
+    proxies = secondary_clustering(features, np.array([0, 0, 1, 1, -1]), min_size=1)
     assert proxies.assignment[4] == -1 and not proxies.hard[4]
     with pytest.raises(ValueError, match="every label is -1"):
         secondary_clustering(features, np.full(5, -1))
+    with pytest.raises(ValueError, match="dsfnet.scnet.linkage"):
+        secondary_clustering(features, np.array([0, 0, 1, 1, -1]), linkage="single")
 
 
 def test_fused_distance_equals_the_dense_weighted_mix(make_clustered):
@@ -224,9 +258,13 @@ def test_objective_is_the_weighted_sum_of_its_terms():
     branches = {"global": F.normalize(torch.randn(n, dim), dim=1).numpy(),
                 "parts": F.normalize(torch.randn(n, parts, dim), dim=2).numpy(),
                 "fused": F.normalize(torch.randn(n, dim), dim=1).numpy()}
-    config = DSFNetConfig(FINetConfig(global_weight=0.5, part_weight=2.0), SCNetConfig(lambda_hard=0.25), DDOConfig())
+    config = DSFNetConfig(FINetConfig(global_weight=0.5, part_weight=2.0), SCNetConfig(lambda_hard=0.25, split=False),
+                          DDOConfig())
     # proxies found on another feature (as on camera-normalised ones): the memory starts from the main feature
-    proxies = secondary_clustering(branches["global"], labels, intra_quantile=0.3)
+    proxies = secondary_clustering(branches["global"], labels, sub_distance=0.8, min_size=2)
+    assert len(proxies.owners) > 4  # some clusters split: several proxies per cluster
+    with pytest.raises(ValueError, match="sub-cluster assignment"):
+        DSFNetObjective(branches, labels, DSFNetConfig(), proxies=proxies)
     objective = DSFNetObjective(branches, labels, config, temperature=0.05, proxies=proxies).eval()
     for k in range(len(proxies.owners)):
         members = torch.from_numpy(branches["fused"][proxies.assignment == k])

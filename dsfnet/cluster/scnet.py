@@ -1,7 +1,10 @@
-"""SCNet: find each cluster's hard samples and re-cluster them into sub-clusters (hard proxies).
+"""SCNet: secondary clustering of each cluster, so its hard samples get proxies (and labels) of their own.
 
-A single centroid averages a cluster's modes away (other viewpoints, occlusions); the sub-cluster
-centroids of its hard samples keep them in the dictionary. See docs/method.md.
+DBSCAN links samples through chains of neighbours, so one cluster can hold several identities that
+only touch at its edges. Complete-linkage clustering inside each cluster does not chain: the members
+that stay with the cluster's largest (core) sub-cluster are its easy samples, the rest are intra-class
+hard samples, grouped into sub-clusters. Each sub-cluster becomes a proxy of the hard-proxy memory and,
+with `split`, a pseudo-label of its own. See docs/method.md.
 """
 
 from __future__ import annotations
@@ -11,22 +14,30 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
+LINKAGES = ("complete", "average")
+
 
 @dataclass
 class HardProxies:
-    proxies: np.ndarray  # (M, D) L2-normalised proxy centroids
+    proxies: np.ndarray  # (M, D) L2-normalised proxy centroids (each cluster's core sub-cluster first)
     owners: np.ndarray  # (M,) primary cluster of each proxy
     assignment: np.ndarray  # (N,) proxy of each sample, -1 for outliers
-    intra_hard: np.ndarray  # (N,) bool: among its cluster's least centroid-similar share
+    intra_hard: np.ndarray  # (N,) bool: outside its cluster's core sub-cluster
     inter_hard: np.ndarray  # (N,) bool: another centroid within the margin of its own
 
     @property
     def hard(self) -> np.ndarray:
         return self.intra_hard | self.inter_hard
 
+    @property
+    def split_clusters(self) -> int:
+        """Primary clusters that secondary clustering divided into two or more sub-clusters."""
+        return int((np.bincount(self.owners) > 1).sum()) if len(self.owners) else 0
+
     def stats(self) -> dict[str, int]:
         return {"hard_samples": int(self.hard.sum()), "intra_hard": int(self.intra_hard.sum()),
-                "inter_hard": int(self.inter_hard.sum()), "hard_proxies": int(len(self.proxies))}
+                "inter_hard": int(self.inter_hard.sum()), "hard_proxies": int(len(self.proxies)),
+                "split_clusters": self.split_clusters}
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -41,28 +52,47 @@ def cluster_centroids(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return _normalise(sums).astype(np.float32)
 
 
-def find_hard_samples(features: np.ndarray, labels: np.ndarray, centroids: np.ndarray, intra_quantile: float,
-                      inter_margin: float, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """(intra_hard, inter_hard) masks over all samples; outliers are never hard."""
+def find_inter_hard(features: np.ndarray, labels: np.ndarray, centroids: np.ndarray, margin: float,
+                    chunk: int = 8192) -> np.ndarray:
+    """Samples with another cluster's centroid within `margin` of their own's similarity; outliers never."""
     n = len(labels)
-    own = np.full(n, np.nan, dtype=np.float32)
-    best_other = np.full(n, -np.inf, dtype=np.float32)
+    hard = np.zeros(n, dtype=bool)
+    if len(centroids) < 2:
+        return hard
     for start in range(0, n, chunk):  # memory O(chunk × C), not O(N × C)
         rows = np.arange(start, min(start + chunk, n))
         rows = rows[labels[rows] >= 0]
         sims = features[rows] @ centroids.T
-        own[rows] = sims[np.arange(len(rows)), labels[rows]]
+        own = sims[np.arange(len(rows)), labels[rows]].copy()
         sims[np.arange(len(rows)), labels[rows]] = -np.inf
-        best_other[rows] = sims.max(axis=1) if sims.shape[1] > 1 else -np.inf
-    clustered = labels >= 0
-    inter = clustered & (best_other > own - inter_margin)
-    intra = np.zeros(n, dtype=bool)
-    for members in _members_by_cluster(labels):
-        count = int(np.floor(intra_quantile * len(members)))
-        if count:
-            order = np.argsort(own[members], kind="stable")  # least similar to the centroid first
-            intra[members[order[:count]]] = True
-    return intra, inter
+        hard[rows] = sims.max(axis=1) > own - margin
+    return hard
+
+
+def sub_clusters(features: np.ndarray, distance: float, min_size: int, linkage: str = "complete") -> list[np.ndarray]:
+    """Row indices of each sub-cluster of one cluster, the largest (the core) first.
+
+    Sub-clusters smaller than `min_size` are not kept: their members join the kept sub-cluster whose
+    centroid is most similar. A cluster that cannot yield two kept sub-clusters stays whole.
+    """
+    n = len(features)
+    whole = [np.arange(n)]
+    if n < 2 * min_size:
+        return whole
+    sub = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage=linkage,
+                                  distance_threshold=distance).fit_predict(features)
+    sizes = np.bincount(sub)
+    kept = np.flatnonzero(sizes >= min_size)
+    if len(kept) < 2:
+        return whole
+    kept = kept[np.argsort(-sizes[kept], kind="stable")]
+    centroids = _normalise(np.stack([features[sub == s].mean(axis=0) for s in kept]))
+    position = np.full(len(sizes), -1)
+    position[kept] = np.arange(len(kept))
+    group = position[sub]
+    small = group < 0
+    group[small] = np.argmax(_normalise(features[small]) @ centroids.T, axis=1)
+    return [np.flatnonzero(group == g) for g in range(len(kept))]
 
 
 def _members_by_cluster(labels: np.ndarray) -> list[np.ndarray]:
@@ -72,12 +102,11 @@ def _members_by_cluster(labels: np.ndarray) -> list[np.ndarray]:
     return np.split(order, bounds) if len(order) else []
 
 
-def secondary_clustering(features: np.ndarray, labels: np.ndarray, intra_quantile: float = 0.2,
-                         inter_margin: float = 0.0, sub_distance: float = 0.3) -> HardProxies:
-    """Hard proxies of every cluster: the centroid of its easy members plus one per hard sub-cluster.
+def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance: float = 0.5, min_size: int = 4,
+                         linkage: str = "complete", inter_margin: float = 0.0) -> HardProxies:
+    """Every cluster's sub-clusters (see `sub_clusters`) as proxies owned by the cluster.
 
-    Hard members are grouped by average-linkage agglomerative clustering on cosine distance, merging
-    until `sub_distance`; a cluster whose members are all hard has only sub-cluster proxies.
+    `assignment` maps each sample to its proxy; used as labels it is SCNet's refined pseudo-labelling.
     """
     features = np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels)
@@ -85,29 +114,20 @@ def secondary_clustering(features: np.ndarray, labels: np.ndarray, intra_quantil
         raise ValueError(f"features (N, D) and labels (N,) must match, got {features.shape} and {labels.shape}")
     if not (labels >= 0).any():
         raise ValueError("secondary clustering needs at least one cluster; every label is -1")
-    centroids = cluster_centroids(features, labels)
-    intra, inter = find_hard_samples(features, labels, centroids, intra_quantile, inter_margin)
-    hard = intra | inter
+    if linkage not in LINKAGES:
+        raise ValueError(f"dsfnet.scnet.linkage must be one of {LINKAGES}, got {linkage!r}")
+    features = _normalise(features)
+    inter = find_inter_hard(features, labels, cluster_centroids(features, labels), inter_margin)
+    intra = np.zeros(len(labels), dtype=bool)
     assignment = np.full(len(labels), -1, dtype=np.int64)
     proxies: list[np.ndarray] = []
     owners: list[int] = []
-
-    def add_proxy(members: np.ndarray, owner: int) -> None:
-        assignment[members] = len(proxies)
-        proxies.append(features[members].mean(axis=0))
-        owners.append(owner)
-
     for members in _members_by_cluster(labels):
-        owner = int(labels[members[0]])
-        easy, difficult = members[~hard[members]], members[hard[members]]
-        if len(easy):
-            add_proxy(easy, owner)
-        if len(difficult) == 1:
-            add_proxy(difficult, owner)
-        elif len(difficult) > 1:
-            sub = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
-                                          distance_threshold=sub_distance).fit_predict(features[difficult])
-            for s in np.unique(sub):
-                add_proxy(difficult[sub == s], owner)
+        groups = sub_clusters(features[members], sub_distance, min_size, linkage)
+        for rank, group in enumerate(groups):
+            assignment[members[group]] = len(proxies)
+            proxies.append(features[members[group]].mean(axis=0))
+            owners.append(int(labels[members[0]]))
+            intra[members[group]] = rank > 0
     return HardProxies(_normalise(np.stack(proxies)).astype(np.float32), np.array(owners, dtype=np.int64),
                        assignment, intra, inter)

@@ -7,27 +7,67 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from dsfnet.data.records import ImageRecord
 
 
-class ImageDataset(Dataset):
-    """Yields (image tensor, label, camid, index); `labels` defaults to the records' pids."""
+def split_deterministic(transform: Callable) -> tuple[Callable | None, Callable]:
+    """(the leading resize of a Compose, the rest): the part whose output can be cached per image."""
+    if not isinstance(transform, T.Compose):
+        return None, transform
+    steps = list(transform.transforms)
+    count = 0
+    while count < len(steps) and type(steps[count]) is T.Resize:
+        count += 1
+    return (T.Compose(steps[:count]) if count else None), T.Compose(steps[count:])
 
-    def __init__(self, records: Sequence[ImageRecord], transform: Callable, labels: Sequence[int] | None = None):
+
+class ImageDataset(Dataset):
+    """Yields (image tensor, label, camid, index); `labels` defaults to the records' pids.
+
+    With a `cache` dict (shared across epochs by the caller), each image is decoded and resized once and
+    kept; later reads only run the random augmentation, with the same result as decoding again.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable, labels: Sequence[int] | None = None,
+                 cache: dict | None = None):
         self.records = list(records)
         self.transform = transform
         self.labels = list(labels) if labels is not None else [r.pid for r in self.records]
+        self.cache = cache
+        self.prefix, self.rest = split_deterministic(transform) if cache is not None else (None, transform)
+        self.cache_key = repr(self.prefix)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _decoded(self, path: str):
+        key = (str(path), self.cache_key)
+        image = self.cache.get(key)
+        if image is None:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+            image = self.prefix(image) if self.prefix is not None else image
+            self.cache[key] = image
+        return image
+
+    def preload(self) -> None:
+        """Fill the cache now (what the first epoch does on the way)."""
+        if self.cache is None:
+            raise ValueError("preload needs a dataset built with a cache dict")
+        for record in self.records:
+            self._decoded(record.path)
+
     def __getitem__(self, index: int):
         record = self.records[index]
-        with Image.open(record.path) as img:
-            image = self.transform(img.convert("RGB"))
+        if self.cache is not None:
+            image = self.rest(self._decoded(record.path))
+        else:
+            with Image.open(record.path) as img:
+                image = self.transform(img.convert("RGB"))
         return image, self.labels[index], record.camid, index
 
 
