@@ -393,7 +393,7 @@ def train(
                      "(features %.1fs, kNN %.1fs, Jaccard %.1fs, DBSCAN+SCNet %.1fs, train %.1fs)", epoch,
                      stats.num_clusters, stats.num_outliers, stats.purity, stats.loss,
                      f", λ_t {stats.lambda_t:.2f}" if method.ddo.enabled else "",
-                     f", {stats.hard_samples} hard → {stats.hard_proxies} proxies" if method.scnet.enabled else "",
+                     _scnet_summary(stats) if method.scnet.enabled else "",
                      stats.extract_s, stats.knn_s, stats.jaccard_s, stats.dbscan_s, stats.train_s)
             result.history.append(stats)
             result.labels.append(labels)
@@ -403,6 +403,11 @@ def train(
                 _save_state(Path(resume_path), fingerprint, epoch + 1, model, optimizer, scheduler, scaler,
                             result, extra or {})
     return result
+
+
+def _scnet_summary(stats: EpochStats) -> str:
+    return (f", SCNet split {stats.split_clusters} of {stats.primary_clusters} DBSCAN clusters "
+            f"({stats.hard_samples} hard samples, {stats.hard_proxies} proxies)")
 
 
 def _weight_stats(weights: list[np.ndarray]) -> dict[str, float]:
