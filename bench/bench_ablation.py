@@ -39,7 +39,7 @@ VARIANTS = {
 
 
 def method(variant: str, overrides: dict[str, object] | None = None) -> DSFNetConfig:
-    """The variant's switches, then `overrides` ({"scnet.intra_quantile": 0.1, ...}) on the part settings."""
+    """The variant's switches, then `overrides` ({"scnet.sub_distance": 0.6, ...}) on the part settings."""
     finet, scnet, ddo = VARIANTS[variant]
     config = DSFNetConfig(FINetConfig(enabled=finet), SCNetConfig(enabled=scnet), DDOConfig(enabled=ddo))
     for key, value in (overrides or {}).items():
