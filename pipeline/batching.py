@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -24,13 +25,11 @@ class MicroBatcher:
         self.forward = forward
         self.max_batch = max_batch
         self.pending: queue.SimpleQueue[tuple[torch.Tensor, Future]] = queue.SimpleQueue()
-        self.batch_sizes: list[int] = []  # images per forward, for tests and benchmarks (last 1000)
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # images per recent forward, for tests and benchmarks
         self._start = threading.Lock()
         self._worker: threading.Thread | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if len(images) == 0:
-            return self.forward(images)
         self._ensure_worker()
         result: Future = Future()
         self.pending.put((images, result))
@@ -68,6 +67,6 @@ class MicroBatcher:
                 for _, result in items:
                     result.set_exception(error)
                 continue
-            self.batch_sizes = [*self.batch_sizes[-999:], sum(sizes)]
+            self.batch_sizes.append(sum(sizes))
             for (_, result), rows in zip(items, torch.split(output, sizes), strict=True):
                 result.set_result(rows)
