@@ -6,7 +6,8 @@
 
 Every run trains from scratch (ResNet-18, 64×32, the CPU-default settings of params.yaml) on the same
 generated data and reports last-epoch mAP / rank-1 (flip-averaged features) and the last epoch's
-pseudo-label purity. Runs already in --out are skipped, so an interrupted bench continues.
+pseudo-label purity. Runs already in --out with the same settings (every enabled part's, defaults included) are
+skipped, so an interrupted bench continues and a changed default is rerun.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,12 @@ def method(variant: str, overrides: dict[str, object] | None = None) -> DSFNetCo
     return config
 
 
+def enabled_parts(settings: DSFNetConfig) -> dict[str, object]:
+    """The settings of each enabled part: what a stored run is matched on, so a changed default reruns it."""
+    return {name: asdict(part) if part.enabled else False
+            for name, part in (("finet", settings.finet), ("scnet", settings.scnet), ("ddo", settings.ddo))}
+
+
 def arrays(records):
     return np.array([r.pid for r in records]), np.array([r.camid for r in records])
 
@@ -70,7 +77,7 @@ def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: Cluster
     last = result.history[-1]
     return {"variant": variant, "seed": seed, "mAP": 100 * mean_ap, "rank1": 100 * float(cmc[0]),
             "purity": last.purity, "clusters": last.num_clusters, "pair_f1": _f1(last), "minutes": minutes,
-            "purity_per_epoch": [h.purity for h in result.history]}
+            "purity_per_epoch": [h.purity for h in result.history], "method": enabled_parts(settings)}
 
 
 def _f1(stats) -> float:
@@ -115,7 +122,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def done(variant: str, seed: int) -> bool:
-        return any(r == (variant, seed, settings) for r in ((r["variant"], r["seed"], r.get("settings")) for r in rows))
+        parts = enabled_parts(method(variant, overrides))
+        return any((r["variant"], r["seed"], r.get("settings"), r.get("method")) == (variant, seed, settings, parts)
+                   for r in rows)
 
     # baseline and full over every seed first: the comparison that matters lands first
     first = [v for v in ("baseline", "full") if v in args.variants]

@@ -35,7 +35,7 @@ class SCNetConfig:
     split: bool = True  # every sub-cluster is a pseudo-label of its own (False: only the hard-proxy memory sees them)
     sibling_negatives: bool = True  # with split: sub-clusters of one primary cluster are each other's negatives
     linkage: str = "complete"  # complete (no chaining) | average
-    sub_distance: float = 0.5  # cosine distance at which secondary clustering stops merging
+    sub_distance: float = 0.6  # cosine distance at which secondary clustering stops merging
     min_sub_size: int = 4  # smaller sub-clusters join the nearest kept one
     inter_margin: float = 0.0  # inter-class hard if sim(other centroid) > sim(own centroid) - margin (monitoring)
     lambda_hard: float = 0.5  # weight of the hard-proxy contrastive term

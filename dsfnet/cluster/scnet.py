@@ -102,7 +102,7 @@ def _members_by_cluster(labels: np.ndarray) -> list[np.ndarray]:
     return np.split(order, bounds) if len(order) else []
 
 
-def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance: float = 0.5, min_size: int = 4,
+def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance: float = 0.6, min_size: int = 4,
                          linkage: str = "complete", inter_margin: float = 0.0) -> HardProxies:
     """Every cluster's sub-clusters (see `sub_clusters`) as proxies owned by the cluster.
 
