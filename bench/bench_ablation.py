@@ -2,10 +2,11 @@
 
     python bench/bench_ablation.py [--seeds 1 2 3] [--variants baseline finet scnet ddo full]
                                    [--epochs 12] [--iters 40] [--profile default] [--camera-norm]
+                                   [--size 64x32]
                                    [--set scnet.own_negatives=true ...] [--out bench/results/ablation.json]
 
-Every run trains from scratch (ResNet-18, 64×32, the CPU-default settings of params.yaml) on the same
-generated data and reports last-epoch mAP / rank-1 (flip-averaged features) and the last epoch's
+Every run trains from scratch (ResNet-18, 64×32 unless --size, the CPU-default settings of params.yaml) on the
+same generated data and reports last-epoch mAP / rank-1 (flip-averaged features) and the last epoch's
 pseudo-label purity. Runs already in --out with the same settings (every enabled part's, defaults included) are
 skipped, so an interrupted bench continues and a changed default is rerun.
 """
@@ -106,17 +107,24 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--profile", default="default")
     parser.add_argument("--eps", type=float, default=0.5)
+    parser.add_argument("--size", default="64x32", help="training and test input HEIGHTxWIDTH (the images are 128x64)")
     parser.add_argument("--camera-norm", action="store_true", help="cluster on camera-normalised features")
     parser.add_argument("--set", nargs="*", default=[], metavar="PART.KEY=VALUE",
                         help="DSFNet settings for the variants that enable PART, e.g. scnet.own_negatives=true")
     parser.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
     args = parser.parse_args()
-    config = TrainConfig(epochs=args.epochs, iters=args.iters, batch_size=64, num_instances=4, height=64, width=32,
-                         workers=0, device="cpu")
+    try:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size {args.size}: expected HEIGHTxWIDTH, e.g. 128x64") from None
+    config = TrainConfig(epochs=args.epochs, iters=args.iters, batch_size=64, num_instances=4, height=height,
+                         width=width, workers=0, device="cpu")
     cluster = ClusterConfig(k1=30, k2=6, eps=args.eps, min_samples=4, camera_norm=args.camera_norm)
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     method("full", overrides)  # a bad --set fails now, not after the first runs
-    settings = " ".join([f"{args.profile} e{args.epochs}x{args.iters} eps{args.eps} camera_norm={args.camera_norm}",
+    size = "" if args.size == "64x32" else f" size={height}x{width}"  # stored runs before --size were 64x32
+    settings = " ".join([f"{args.profile} e{args.epochs}x{args.iters} eps{args.eps} "
+                         f"camera_norm={args.camera_norm}{size}",
                          *(f"{k}={v}" for k, v in sorted(overrides.items()))])
     rows = json.loads(args.out.read_text()) if args.out.is_file() else []  # every setting's runs stay in the file
     args.out.parent.mkdir(parents=True, exist_ok=True)
