@@ -89,10 +89,10 @@ def _f1(stats) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def table(rows: list[dict], variants: list[str]) -> str:
+def table(rows: list[dict], variants: list[str], seeds: list[int]) -> str:
     lines = [f"{'variant':>11} {'runs':>4} {'mAP':>12} {'rank-1':>12} {'purity':>7} {'pair F1':>7} {'min/run':>7}"]
     for variant in variants:
-        runs = [r for r in rows if r["variant"] == variant]
+        runs = [r for r in rows if r["variant"] == variant and r["seed"] in seeds]
         if not runs:
             continue
         m, r1 = np.array([r["mAP"] for r in runs]), np.array([r["rank1"] for r in runs])
@@ -155,7 +155,7 @@ def main() -> None:
             print(f"{variant:>9} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "
                   f"purity {row['purity']:.3f} ({row['minutes']:.1f} min)", flush=True)
     print(settings)
-    print(table([r for r in rows if r.get("settings") == settings], args.variants))
+    print(table([r for r in rows if r.get("settings") == settings], args.variants, args.seeds))
 
 if __name__ == "__main__":
     main()

@@ -21,8 +21,6 @@ import numpy as np
 from bench_ablation import VARIANTS, method  # bench/ is the script directory
 
 from dsfnet.cluster import ClusterConfig
-from dsfnet.cluster.dbscan import camera_normalise
-from dsfnet.cluster.scnet import secondary_clustering
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_branches
 from dsfnet.label_stats import label_quality
@@ -67,14 +65,12 @@ def main() -> None:
     for eps in args.eps:
         labels = pseudo_labels(branches, replace(cluster, eps=eps), primary, last, args.epochs, camids).labels
         print(score(f"DBSCAN eps {eps}", labels, truth))
-    base = pseudo_labels(branches, cluster, primary, last, args.epochs, camids).labels
-    # SCNet splits the features it clusters: camera-normalised, fused when FINet or DDO is on
-    main_branch = branches["fused"] if (settings.finet.enabled or settings.ddo.enabled) else branches["global"]
-    features = camera_normalise(main_branch, camids)
-    for linkage in ("complete", "average"):
+    for linkage in ("complete", "average"):  # SCNet as training runs it: the eps-0.5 clusters, then the split
         for distance in args.distances:
-            proxies = secondary_clustering(features, base, distance, settings.scnet.min_sub_size, linkage)
-            print(score(f"eps 0.5 + {linkage} split {distance}", proxies.assignment, truth))
+            split = replace(settings, scnet=replace(settings.scnet, enabled=True, split=True, linkage=linkage,
+                                                    sub_distance=distance))
+            labels = pseudo_labels(branches, cluster, split, last, args.epochs, camids).labels
+            print(score(f"eps 0.5 + {linkage} split {distance}", labels, truth))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 LAMBDA_MODES = ("schedule", "agreement")
+LINKAGES = ("complete", "average")  # SCNet's secondary clustering; single linkage would chain like DBSCAN
 
 
 @dataclass
@@ -43,8 +44,8 @@ class SCNetConfig:
     own_negatives: bool = False  # the other proxies of the own cluster are negatives too (keeps sub-clusters apart)
 
     def check(self) -> None:
-        if self.linkage not in ("complete", "average"):
-            raise ValueError(f"dsfnet.scnet.linkage must be 'complete' or 'average', got {self.linkage!r}")
+        if self.linkage not in LINKAGES:
+            raise ValueError(f"dsfnet.scnet.linkage must be one of {LINKAGES}, got {self.linkage!r}")
         if not 0.0 < self.sub_distance <= 2.0:
             raise ValueError(f"dsfnet.scnet.sub_distance must be in (0, 2], got {self.sub_distance}")
         if self.min_sub_size < 1:

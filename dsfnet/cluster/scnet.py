@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
-LINKAGES = ("complete", "average")
+from dsfnet.config import LINKAGES
 
 
 @dataclass
