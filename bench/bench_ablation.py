@@ -29,7 +29,7 @@ from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.evaluation import compute_map_cmc, cosine_distance
 from dsfnet.features import extract_features
 from dsfnet.models import ModelConfig, build_model
-from dsfnet.trainer import TrainConfig, model_config_for, seed_everything, train
+from dsfnet.trainer import TrainConfig, seed_everything, train
 
 VARIANTS = {
     "baseline": (False, False, False),
@@ -70,7 +70,7 @@ def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: Cluster
             overrides: dict[str, object] | None = None) -> dict:
     settings = method(variant, overrides)
     seed_everything(seed)
-    model = build_model(model_config_for(ModelConfig(arch="resnet18"), settings))
+    model = build_model(ModelConfig(arch="resnet18"), settings)
     start = time.perf_counter()
     result = train(model, data.train, replace(config, seed=seed), cluster, settings, progress=False)
     minutes = (time.perf_counter() - start) / 60

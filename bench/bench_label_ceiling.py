@@ -23,6 +23,7 @@ from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.evaluation import compute_map_cmc, cosine_distance
 from dsfnet.features import extract_branches, extract_features
+from dsfnet.label_stats import label_quality
 from dsfnet.models import ModelConfig, build_model
 
 
@@ -44,7 +45,7 @@ def main() -> None:
         for name, x in (("raw", features), ("camera-normalised", camera_normalise(features, camids))):
             for eps in (0.4, 0.5, 0.6):
                 labels = cluster_features(x, ClusterConfig(eps=eps)).labels
-                q = trainer.label_quality(labels, truth)
+                q = label_quality(labels, truth)
                 print(f"{name:>16} {eps:>4} {labels.max() + 1:>8} {(labels < 0).sum():>8} {q['purity']:>7.3f} "
                       f"{q['pair_precision']:>7.3f} {q['pair_recall']:>7.3f}")
 

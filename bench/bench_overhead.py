@@ -19,17 +19,22 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from dsfnet.cluster import ClusterConfig
 from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
-from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, collate_images
-from dsfnet.data.transforms import build_train_transform
 from dsfnet.features import extract_branches
 from dsfnet.models import ModelConfig, build_model
 from dsfnet.objective import DSFNetObjective
-from dsfnet.trainer import TrainConfig, build_optimizer, model_config_for, pseudo_labels, resolve_device, train_step
+from dsfnet.trainer import (
+    TrainConfig,
+    build_optimizer,
+    cycle,
+    epoch_loader,
+    pseudo_labels,
+    resolve_device,
+    train_step,
+)
 
 
 def median_seconds(step, iters: int, device: torch.device) -> float:
@@ -48,31 +53,21 @@ def median_seconds(step, iters: int, device: torch.device) -> float:
 
 def measure(data, method: DSFNetConfig, args, device: torch.device) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = build_model(model_config_for(ModelConfig(arch=args.arch), method)).to(device)
+    model = build_model(ModelConfig(arch=args.arch), method).to(device)
     branches = extract_branches(model, data.train, args.height, args.width, device=device, progress=False)
     camids_all = np.array([r.camid for r in data.train])
     clustered = pseudo_labels(branches, ClusterConfig(k1=30, k2=6, eps=0.5, min_samples=4, camera_norm=True),
                               method, 0, 1, camids_all)
     labels = clustered.labels
-    kept = (labels >= 0).nonzero()[0]
     objective = DSFNetObjective(branches, labels, method, proxies=clustered.proxies).to(device).train()
-    proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
-    dataset = ImageDataset([data.train[i] for i in kept], build_train_transform(args.height, args.width),
-                           labels=labels[kept].tolist(), cache={} if args.cache_images else None)
+    proxy_of = clustered.proxies.assignment[labels >= 0] if clustered.proxies is not None else None
+    config = TrainConfig(height=args.height, width=args.width, batch_size=args.batch, workers=args.workers)
+    cache = {} if args.cache_images else None
+    loader = epoch_loader(data.train, labels, config, epoch=0, image_cache=cache)
     if args.cache_images:
-        dataset.preload()  # as from the second epoch on: every image decoded and resized once
-    camids = [data.train[i].camid for i in kept]
-
-    def batches():
-        epoch = 0
-        while True:
-            sampler = CameraAwarePKSampler(labels[kept], camids, 4, seed=epoch)
-            yield from DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
-                                  collate_fn=collate_images, drop_last=len(sampler) >= args.batch)
-            epoch += 1
-
-    stream = batches()
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig())
+        loader.dataset.preload()  # as from the second epoch on: every image decoded and resized once
+    stream = cycle(loader)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], config)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     model.train()

@@ -25,7 +25,7 @@ from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_branches
 from dsfnet.label_stats import label_quality
 from dsfnet.models import ModelConfig, build_model
-from dsfnet.trainer import TrainConfig, model_config_for, pseudo_labels, seed_everything, train
+from dsfnet.trainer import TrainConfig, pseudo_labels, seed_everything, train
 
 
 def score(name: str, labels: np.ndarray, truth: np.ndarray) -> str:
@@ -52,7 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         data = generate_synthetic(root, SyntheticConfig(profile="default", height=128, width=64), progress=False)
         seed_everything(args.seed)
-        model = build_model(model_config_for(ModelConfig(arch="resnet18"), settings))
+        model = build_model(ModelConfig(arch="resnet18"), settings)
         train(model, data.train, config, cluster, settings, progress=False)
         branches = extract_branches(model, data.train, config.height, config.width, progress=False)
     truth = np.array([r.pid for r in data.train])

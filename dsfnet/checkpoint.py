@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 
-from dsfnet.models import ModelConfig, ReIDNet, build_model
+from dsfnet.atomic import atomic_path
+from dsfnet.models import ModelConfig, ReIDNet
 
 
 def save_checkpoint(path: str | Path, model: ReIDNet, model_config: ModelConfig, height: int, width: int,
                     extra: dict | None = None) -> None:
     """Write atomically (temp file + rename) so a crash never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model_config": dataclasses.asdict(model_config),
+        "num_parts": model.num_parts,
+        "fuse_parts": model.fuse_parts,
         "input_size": [height, width],
         "state_dict": model.state_dict(),
         "extra": extra or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ReIDNet, dict]:
@@ -33,8 +32,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     payload = torch.load(path, map_location=map_location, weights_only=True)
-    config = ModelConfig(**{**payload["model_config"], "pretrained": None})
-    model = build_model(config)
+    settings = {**payload["model_config"], "pretrained": None}
+    # checkpoints written before the part branches left the user settings keep them in model_config
+    legacy_parts, legacy_fuse = settings.pop("num_parts", 0), settings.pop("fuse_parts", False)
+    parts, fuse = payload.get("num_parts", legacy_parts), payload.get("fuse_parts", legacy_fuse)
+    model = ReIDNet(ModelConfig(**settings), parts, fuse)
     model.load_state_dict(payload.pop("state_dict"))
     model.eval()
     return model, payload

@@ -1,9 +1,10 @@
 """The unsupervised training loop: re-cluster every epoch, then contrast against the memories.
 
-With every DSFNet part off this is the Cluster Contrast baseline. Per epoch: extract every branch →
-pseudo-labels (DDO: fused features and the global/part Jaccard mix; else the global feature) →
-SCNet's hard proxies → `DSFNetObjective` for `iters` steps. Runs on CPU, one GPU (AMP), or several
-through torchrun (DDP: clustering on rank 0, labels broadcast, memories kept identical on every rank).
+With every DSFNet part off this is the Cluster Contrast baseline. Per epoch (docs/method.md):
+extract every branch → pseudo-labels (DDO: fused features and the global/part Jaccard mix; else the
+global feature) → SCNet's split and hard proxies → memories → `iters` steps of `DSFNetObjective` on
+a camera-aware P×K loader. Runs on CPU, one GPU (AMP), or several through torchrun (DDP: clustering
+on rank 0, labels broadcast, memories kept identical on every rank).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dsfnet.atomic import atomic_path
 from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
 from dsfnet.cluster.dbscan import camera_normalise
 from dsfnet.cluster.ddo import cluster_fused
@@ -30,7 +32,7 @@ from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_train_transform
 from dsfnet.distributed import broadcast_buffers, broadcast_object, gather_rows, rank_and_world
 from dsfnet.features import extract_branches
-from dsfnet.label_stats import epoch_statistics, label_quality  # noqa: F401 - label_quality re-exported
+from dsfnet.label_stats import epoch_statistics
 from dsfnet.objective import DSFNetObjective
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    iters: int = 50
+    epochs: int = 12
+    iters: int = 40
     batch_size: int = 64
     num_instances: int = 4
     lr: float = 3.5e-4
@@ -48,9 +50,9 @@ class TrainConfig:
     gamma: float = 0.1
     temperature: float = 0.05
     memory_momentum: float = 0.1
-    height: int = 128
-    width: int = 64
-    workers: int = 2
+    height: int = 64  # 256×128 in the paper setting
+    width: int = 32
+    workers: int = 0
     feature_batch_size: int = 128
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda
@@ -118,50 +120,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _cycle(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
-
-
-MONITOR_ROWS = 2000  # embeddings kept for drift monitoring: a fixed random subset of the train images
-
-
 @dataclass
 class TrainResult:
     history: list[EpochStats]
     labels: list[np.ndarray]  # pseudo-labels of every epoch, for monitoring
-    # retrieval features (float16) of `embedding_rows` at the first and the last epoch's clustering
-    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
-    embedding_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def monitor_rows(num_samples: int, seed: int) -> np.ndarray:
-    """The sorted sample indices whose embeddings are kept (independent of the training RNG streams)."""
-    if num_samples <= MONITOR_ROWS:
-        return np.arange(num_samples)
-    return np.sort(np.random.default_rng(seed).choice(num_samples, MONITOR_ROWS, replace=False))
-
-
-def _save_state(path: Path, fingerprint: str, next_epoch: int, model, optimizer, scheduler, scaler,
-                result: TrainResult, extra: dict) -> None:
-    """Everything needed to continue after `next_epoch - 1` exactly as if never stopped; atomic write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "fingerprint": fingerprint,
-        "next_epoch": next_epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "history": [h.as_dict() for h in result.history],
-        "labels": result.labels,
-        "embeddings": result.embeddings,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        "extra": extra,
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+EpochCallback = Callable[[EpochStats, np.ndarray, np.ndarray], None]
 
 
 def load_resume_state(path: str | Path | None, fingerprint: str) -> dict | None:
@@ -224,6 +189,121 @@ def build_optimizer(params, config: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
+def check_model_matches(model: torch.nn.Module, method: DSFNetConfig) -> None:
+    parts, fuse = getattr(model, "num_parts", 0), getattr(model, "fuse_parts", False)
+    if parts != method.num_parts or fuse != method.finet.enabled:
+        raise ValueError(f"the network has num_parts={parts}, fuse_parts={fuse} but the DSFNet settings need "
+                         f"num_parts={method.num_parts}, fuse_parts={method.finet.enabled}; build it with "
+                         f"dsfnet.models.build_model(model_config, method)")
+
+
+@dataclass
+class Session:
+    """What every epoch works with: the network on its device, the optimiser state and the process rank."""
+
+    model: torch.nn.Module
+    network: torch.nn.Module  # the model, or its DDP wrapper
+    device: torch.device
+    use_amp: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    scaler: torch.amp.GradScaler
+    rank: int = 0
+    world: int = 1
+
+
+def setup(model: torch.nn.Module, config: TrainConfig, method: DSFNetConfig) -> Session:
+    """Seed, place the model (DDP under torchrun), build Adam, the step schedule and the AMP scaler."""
+    rank, world = rank_and_world()
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    model.to(device)
+    use_amp = config.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    network = model
+    if world > 1:
+        # DDO without FINet keeps part branches that no loss reaches
+        unused = method.num_parts > 0 and not method.finet.enabled
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], config)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    return Session(model, network, device, use_amp, optimizer, scheduler, scaler, rank, world)
+
+
+def restore(session: Session, state: dict) -> tuple[int, TrainResult]:
+    """Continue from a saved state: weights, optimiser, schedule, RNG streams; returns (next epoch, result)."""
+    session.model.load_state_dict(state["model"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.scheduler.load_state_dict(state["scheduler"])
+    session.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["next_epoch"], TrainResult([EpochStats(**h) for h in state["history"]], list(state["labels"]))
+
+
+def save_state(path: Path, fingerprint: str, next_epoch: int, session: Session, result: TrainResult,
+               extra: dict) -> None:
+    """Everything needed to continue after `next_epoch - 1` exactly as if never stopped."""
+    state = {
+        "fingerprint": fingerprint,
+        "next_epoch": next_epoch,
+        "model": session.model.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict(),
+        "scaler": session.scaler.state_dict(),
+        "history": [h.as_dict() for h in result.history],
+        "labels": result.labels,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "extra": extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def cluster_epoch(session: Session, records: Sequence[ImageRecord], camids: np.ndarray, config: TrainConfig,
+                  cluster_config: ClusterConfig, method: DSFNetConfig, epoch: int,
+                  progress: bool) -> tuple[dict, EpochLabels]:
+    """Every branch of every record (each rank embeds a shard), then rank 0's pseudo-labels on every rank."""
+    start = time.perf_counter()
+    rank, world = session.rank, session.world
+    branches = extract_branches(session.model, records[rank::world], config.height, config.width,
+                                config.feature_batch_size, config.workers, session.device,
+                                desc=f"epoch {epoch} features", progress=progress and rank == 0)
+    if world > 1:
+        branches = {k: gather_rows(v, len(records)) if v is not None else None for k, v in branches.items()}
+    extract_s = time.perf_counter() - start
+    clustered = pseudo_labels(branches, cluster_config, method, epoch, config.epochs, camids) if rank == 0 else None
+    clustered = broadcast_object(clustered)
+    clustered.timings["extract_s"] = extract_s
+    return branches, clustered
+
+
+def epoch_loader(records: Sequence[ImageRecord], labels: np.ndarray, config: TrainConfig, epoch: int,
+                 rank: int = 0, image_cache: dict | None = None) -> DataLoader:
+    """The epoch's camera-aware P×K batches over the clustered records (outliers left out), endlessly."""
+    kept = np.flatnonzero(labels >= 0)
+    camids = np.array([records[i].camid for i in kept])
+    dataset = ImageDataset([records[i] for i in kept], build_train_transform(config.height, config.width),
+                           labels=labels[kept].tolist(), cache=image_cache)
+    sampler = CameraAwarePKSampler(labels[kept], camids, config.num_instances,
+                                   seed=config.seed * 1000 + epoch + 7919 * rank)
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                      collate_fn=collate_images, drop_last=len(sampler) >= config.batch_size,
+                      persistent_workers=config.workers > 0)
+
+
+def cycle(loader: DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
 def train_step(network, objective: DSFNetObjective, optimizer, scaler, batch, proxy_of: np.ndarray | None,
                device: torch.device, use_amp: bool):
     """One optimisation step on a sampler batch; returns (loss, loss terms, network output)."""
@@ -241,12 +321,54 @@ def train_step(network, objective: DSFNetObjective, optimizer, scaler, batch, pr
     return float(loss.detach()), terms, out
 
 
-def check_model_matches(model: torch.nn.Module, method: DSFNetConfig) -> None:
-    parts, fuse = getattr(model, "num_parts", 0), getattr(model, "fuse_parts", False)
-    if parts != method.num_parts or fuse != method.finet.enabled:
-        raise ValueError(f"the network has num_parts={parts}, fuse_parts={fuse} but the DSFNet settings need "
-                         f"num_parts={method.num_parts}, fuse_parts={method.finet.enabled}; build it with "
-                         f"dsfnet.models.build_model(model_config_for(config, method))")
+def run_iterations(session: Session, objective: DSFNetObjective, loader: DataLoader, clustered: EpochLabels,
+                   iters: int) -> dict[str, float]:
+    """`iters` steps; returns the mean loss, the mean of each loss term and FINet's mean integration weights."""
+    kept = np.flatnonzero(clustered.labels >= 0)
+    proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
+    session.network.train()
+    objective.train()
+    losses: list[float] = []
+    terms: dict[str, list[float]] = {}
+    weights: list[np.ndarray] = []
+    batches = cycle(loader)
+    for _ in range(iters):
+        loss, parts, out = train_step(session.network, objective, session.optimizer, session.scaler, next(batches),
+                                      proxy_of, session.device, session.use_amp)
+        losses.append(loss)
+        for name, value in parts.items():
+            terms.setdefault(name, []).append(value)
+        if out.weights is not None and session.model.fuse_parts:
+            weights.append(out.weights.detach().mean(dim=0).cpu().numpy())
+    summary = {"loss": float(np.mean(losses)) if losses else float("nan")}
+    summary.update({name: float(np.mean(values)) for name, values in terms.items()})
+    if weights:
+        mean = np.mean(weights, axis=0)
+        summary.update(weight_global=float(mean[0]), weight_part=float(mean[1:].mean()))
+    return summary
+
+
+def epoch_stats(epoch: int, clustered: EpochLabels, previous: np.ndarray | None, camids: np.ndarray,
+                truth: np.ndarray | None, steps: dict[str, float], lr: float, train_s: float) -> EpochStats:
+    labels, timings = clustered.labels, clustered.timings
+    sizes = np.bincount(labels[labels >= 0])
+    return EpochStats(
+        epoch=epoch, num_samples=len(labels), num_clusters=int(sizes.size), num_outliers=int((labels < 0).sum()),
+        outlier_ratio=float((labels < 0).mean()), mean_cluster_size=float(sizes.mean()),
+        max_cluster_size=int(sizes.max()), min_cluster_size=int(sizes.min()), lr=lr,
+        extract_s=timings["extract_s"], knn_s=timings["knn_s"], jaccard_s=timings["jaccard_s"],
+        dbscan_s=timings["dbscan_s"], train_s=train_s,
+        **epoch_statistics(labels, camids, previous, truth), **clustered.extra, **steps)
+
+
+def log_epoch(stats: EpochStats, method: DSFNetConfig) -> None:
+    scnet = (f", SCNet split {stats.split_clusters} of {stats.primary_clusters} DBSCAN clusters "
+             f"({stats.hard_samples} hard samples, {stats.hard_proxies} proxies)") if method.scnet.enabled else ""
+    log.info("epoch %d: %d clusters, %d outliers, purity %.3f, loss %.3f%s%s "
+             "(features %.1fs, kNN %.1fs, Jaccard %.1fs, DBSCAN+SCNet %.1fs, train %.1fs)", stats.epoch,
+             stats.num_clusters, stats.num_outliers, stats.purity, stats.loss,
+             f", λ_t {stats.lambda_t:.2f}" if method.ddo.enabled else "", scnet,
+             stats.extract_s, stats.knn_s, stats.jaccard_s, stats.dbscan_s, stats.train_s)
 
 
 def train(
@@ -255,170 +377,54 @@ def train(
     config: TrainConfig,
     cluster_config: ClusterConfig,
     method: DSFNetConfig | None = None,
-    on_epoch_end: Callable[[EpochStats, np.ndarray], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
-    resume_path: str | Path | None = None,
+    state_path: str | Path | None = None,
     fingerprint: str = "",
+    resume: dict | None = None,
     extra: dict | None = None,
 ) -> TrainResult:
     """Train `model` on unlabelled `records`; returns per-epoch statistics and pseudo-labels.
 
-    `method` switches DSFNet's parts (None: the Cluster Contrast baseline). `on_epoch_end(stats, labels)`
-    receives each epoch's statistics and pseudo-labels (for logging; rank 0 only under DDP).
-    Record pids are never used for training, only to score pseudo-label quality.
-    With `resume_path`, the full training state is saved there after every epoch, and a state saved by
-    an interrupted run with the same `fingerprint` is picked up: the result equals an uninterrupted run.
-    `extra` is stored with the state (e.g. a tracking run id) and returned by `load_resume_state`.
+    `method` switches DSFNet's parts (None: the Cluster Contrast baseline). `on_epoch_end(stats, labels,
+    features)` gets each epoch's statistics, pseudo-labels and the retrieval features they were clustered
+    from (rank 0 only). Record pids are never used for training, only to score pseudo-label quality.
+    With `state_path`, the full state (and `extra`, read when `on_epoch_end` has returned) is saved there
+    after every epoch under `fingerprint`; `resume`, a state from `load_resume_state`, continues it to the
+    result of an uninterrupted run.
     """
     method = method or DSFNetConfig.baseline()
     method.check()
     check_model_matches(model, method)
-    rank, world = rank_and_world()
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    model.to(device)
-    use_amp = config.amp and device.type == "cuda"
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    network = model
-    if world > 1:
-        # DDO without FINet keeps part branches that no loss reaches
-        unused = method.num_parts > 0 and not method.finet.enabled
-        network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, config)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    truth = np.array([r.pid for r in records])
+    session = setup(model, config, method)
     camids = np.array([r.camid for r in records])
-    transform = build_train_transform(config.height, config.width)
-    has_truth = bool((truth >= 0).all())
-    # shared by every epoch's dataset; loader worker processes would each rebuild it every epoch
+    truth = np.array([r.pid for r in records])
+    truth = truth if (truth >= 0).all() else None
+    # decoded images shared by every epoch's loader; worker processes would each rebuild it every epoch
     image_cache: dict | None = {} if config.cache_images and config.workers == 0 else None
-    rows = monitor_rows(len(records), config.seed)
-    result = TrainResult(history=[], labels=[], embedding_rows=rows)
-    first_epoch = 0
-    state = load_resume_state(resume_path, fingerprint)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        result = TrainResult([EpochStats(**h) for h in state["history"]], list(state["labels"]),
-                             dict(state.get("embeddings", {})), rows)
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        first_epoch = state["next_epoch"]
-        log.info("resuming from %s at epoch %d of %d", resume_path, first_epoch, config.epochs)
-
+    first_epoch, result = restore(session, resume) if resume is not None else (0, TrainResult([], []))
+    if resume is not None:
+        log.info("resuming at epoch %d of %d", first_epoch, config.epochs)
     for epoch in range(first_epoch, config.epochs):
+        branches, clustered = cluster_epoch(session, records, camids, config, cluster_config, method, epoch,
+                                            progress)
         start = time.perf_counter()
-        shard = records[rank::world]  # every rank embeds its shard; rows are re-interleaved below
-        branches = extract_branches(model, shard, config.height, config.width, config.feature_batch_size,
-                                    config.workers, device, desc=f"epoch {epoch} features",
-                                    progress=progress and rank == 0)
-        if world > 1:
-            branches = {k: gather_rows(v, len(records)) if v is not None else None for k, v in branches.items()}
-        extract_s = time.perf_counter() - start
-        clustered = (pseudo_labels(branches, cluster_config, method, epoch, config.epochs, camids) if rank == 0
-                     else None)
-        clustered = broadcast_object(clustered)
-        labels = clustered.labels
-        sizes = np.bincount(labels[labels >= 0])
-        if rank == 0:
-            retrieval = branches["fused"] if method.finet.enabled else branches["global"]
-            result.embeddings.setdefault("first", retrieval[rows].astype(np.float16))
-            result.embeddings["last"] = retrieval[rows].astype(np.float16)
-
-        start = time.perf_counter()
-        objective = DSFNetObjective(branches, labels, method, config.temperature, config.memory_momentum,
-                                    clustered.proxies).to(device)
-        kept = np.flatnonzero(labels >= 0)
-        proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
-        dataset = ImageDataset([records[i] for i in kept], transform, labels=labels[kept].tolist(), cache=image_cache)
-        sampler = CameraAwarePKSampler(labels[kept], camids[kept], config.num_instances,
-                                       seed=config.seed * 1000 + epoch + 7919 * rank)
-        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
-                            num_workers=config.workers, collate_fn=collate_images,
-                            drop_last=len(sampler) >= config.batch_size,
-                            persistent_workers=config.workers > 0)
-        batches = _cycle(loader)
-        lr = optimizer.param_groups[0]["lr"]
-        network.train()
-        objective.train()
-        losses: list[float] = []
-        terms: dict[str, list[float]] = {}
-        weights: list[np.ndarray] = []
-        for _ in range(config.iters):
-            loss, parts, out = train_step(network, objective, optimizer, scaler, next(batches), proxy_of, device,
-                                          use_amp)
-            losses.append(loss)
-            for name, value in parts.items():
-                terms.setdefault(name, []).append(value)
-            if out.weights is not None and method.finet.enabled:
-                weights.append(out.weights.detach().mean(dim=0).cpu().numpy())
-        scheduler.step()
+        objective = DSFNetObjective(branches, clustered.labels, method, config.temperature, config.memory_momentum,
+                                    clustered.proxies).to(session.device)
+        loader = epoch_loader(records, clustered.labels, config, epoch, session.rank, image_cache)
+        lr = session.optimizer.param_groups[0]["lr"]
+        steps = run_iterations(session, objective, loader, clustered, config.iters)
+        session.scheduler.step()
         broadcast_buffers(model)  # every rank embeds next epoch's shard with the same network
-
-        if rank == 0:
-            stats = EpochStats(
-                epoch=epoch,
-                num_samples=len(labels),
-                num_clusters=int(sizes.size),
-                num_outliers=int((labels < 0).sum()),
-                outlier_ratio=float((labels < 0).mean()),
-                mean_cluster_size=float(sizes.mean()),
-                max_cluster_size=int(sizes.max()),
-                min_cluster_size=int(sizes.min()),
-                loss=float(np.mean(losses)) if losses else float("nan"),
-                lr=lr,
-                extract_s=extract_s,
-                knn_s=clustered.timings["knn_s"],
-                jaccard_s=clustered.timings["jaccard_s"],
-                dbscan_s=clustered.timings["dbscan_s"],
-                train_s=time.perf_counter() - start,
-                **epoch_statistics(labels, camids, result.labels[-1] if result.labels else None,
-                                   truth if has_truth else None),
-                **clustered.extra,
-                **{name: float(np.mean(values)) for name, values in terms.items()},
-                **_weight_stats(weights),
-            )
-            log.info("epoch %d: %d clusters, %d outliers, purity %.3f, loss %.3f%s%s "
-                     "(features %.1fs, kNN %.1fs, Jaccard %.1fs, DBSCAN+SCNet %.1fs, train %.1fs)", epoch,
-                     stats.num_clusters, stats.num_outliers, stats.purity, stats.loss,
-                     f", λ_t {stats.lambda_t:.2f}" if method.ddo.enabled else "",
-                     _scnet_summary(stats) if method.scnet.enabled else "",
-                     stats.extract_s, stats.knn_s, stats.jaccard_s, stats.dbscan_s, stats.train_s)
-            result.history.append(stats)
-            result.labels.append(labels)
-            if on_epoch_end is not None:
-                on_epoch_end(stats, labels)
-            if resume_path is not None:
-                _save_state(Path(resume_path), fingerprint, epoch + 1, model, optimizer, scheduler, scaler,
-                            result, extra or {})
+        if session.rank != 0:
+            continue
+        stats = epoch_stats(epoch, clustered, result.labels[-1] if result.labels else None, camids, truth, steps,
+                            lr, time.perf_counter() - start)
+        log_epoch(stats, method)
+        result.history.append(stats)
+        result.labels.append(clustered.labels)
+        if on_epoch_end is not None:
+            on_epoch_end(stats, clustered.labels, branches["fused" if method.finet.enabled else "global"])
+        if state_path is not None:
+            save_state(Path(state_path), fingerprint, epoch + 1, session, result, extra or {})
     return result
-
-
-def _scnet_summary(stats: EpochStats) -> str:
-    return (f", SCNet split {stats.split_clusters} of {stats.primary_clusters} DBSCAN clusters "
-            f"({stats.hard_samples} hard samples, {stats.hard_proxies} proxies)")
-
-
-def _weight_stats(weights: list[np.ndarray]) -> dict[str, float]:
-    if not weights:
-        return {}
-    mean = np.mean(weights, axis=0)
-    return {"weight_global": float(mean[0]), "weight_part": float(mean[1:].mean())}
-
-
-def model_config_for(config, method: DSFNetConfig):
-    """The model settings with the part branches DSFNet needs (FINet: learned integration)."""
-    from dataclasses import replace
-
-    return replace(config, num_parts=method.num_parts, fuse_parts=method.finet.enabled)

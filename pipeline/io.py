@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from dsfnet.atomic import atomic_path, write_text
 
-def write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are for people and tools to read
-    os.replace(tmp, path)
+__all__ = ["atomic_path", "read_json", "staged_dir", "write_csv", "write_json", "write_text"]
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -1,19 +1,22 @@
 """The one typed loader of params.yaml: every stage reads its configuration through `load_params`.
 
-Sections that configure the method are dsfnet's own dataclasses; the rest are defined here. Unknown
-keys and wrong types are errors that name the dotted key, so a typo never silently becomes a default.
+Sections that configure the method are dsfnet's own dataclasses; the rest are defined here. The
+dataclass defaults are the only defaults (params.yaml spells each one out, because DVC tracks every key
+it holds; a test keeps the two equal). pydantic validates the tree strictly, so unknown keys and wrong
+types are errors that name the dotted key, and a typo never silently becomes a default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from ruamel.yaml import YAML, YAMLError
 
 from dsfnet.cluster import ClusterConfig
 from dsfnet.config import DSFNetConfig
@@ -49,7 +52,7 @@ class MonitorParams:
     min_clusters: int = 2
     max_largest_cluster_ratio: float = 0.5
     max_label_churn: float = 0.5  # 1 − ARI between the last two epochs' labels
-    min_nmi: float = 0.0
+    min_nmi: float = 0.3
     min_purity: float = 0.0
     stop_on_failure: bool = False  # true: a failed gate fails the stage (and `dvc repro` stops there)
     embedding_rows: int = 1000  # embeddings compared for drift (evidently's t-SNE view costs ~O(n log n))
@@ -72,7 +75,7 @@ class RegisterParams:
     model_name: str = "dsfnet-reid"
     alias: str = "champion"
     min_map: float = 1.0  # percent; below it the model is not registered
-    min_rank1: float = 0.0  # percent
+    min_rank1: float = 1.0  # percent
 
 
 @dataclass
@@ -121,60 +124,59 @@ class Params:
     flow: FlowParams = field(default_factory=FlowParams)
 
 
-def _convert(value, annotation, key: str):
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        annotation = next(a for a in options if a is not type(None))
-    if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, key)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `5e-4` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a new field type must be taught here
-        raise TypeError(f"params loader cannot convert {key} of type {annotation}")
-    raise ParamsError(f"{key}: expected {annotation.__name__}, got {value!r}")
+def _schema(cls) -> None:
+    """Let pydantic validate the dataclass tree strictly: unknown keys and wrong types are errors."""
+    cls.__pydantic_config__ = ConfigDict(extra="forbid", strict=True)
+    for hint in typing.get_type_hints(cls).values():
+        if dataclasses.is_dataclass(hint):
+            _schema(hint)
 
 
-def _build(cls, data, prefix: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ParamsError(f"{prefix or 'params'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
-            valid = ", ".join(f"{prefix + '.' if prefix else ''}{name}" for name in names)
-            raise ParamsError(f"unknown key {prefix + '.' if prefix else ''}{key}{hint}; valid keys: {valid}")
-    kwargs = {
-        name: _convert(data[name], hints[name], f"{prefix}.{name}" if prefix else name)
-        for name in names
-        if name in data
-    }
-    return cls(**kwargs)
+_schema(Params)
+_VALIDATOR = TypeAdapter(Params)
 
 
-def params_from_dict(data: dict) -> Params:
-    return _build(Params, data, "")
+def _field_at(loc: tuple) -> tuple[type, str]:
+    """(the dataclass holding the last key of `loc`, that key's annotation as text)."""
+    cls = Params
+    for key in loc[:-1]:
+        cls = typing.get_type_hints(cls)[key]
+    hint = typing.get_type_hints(cls).get(loc[-1]) if loc else Params
+    return cls, getattr(hint, "__name__", str(hint))
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = tuple(str(part) for part in first["loc"])
+    dotted = ".".join(loc) or "params"
+    if first["type"] != "unexpected_keyword_argument":
+        expected = "a mapping" if first["type"] == "dataclass_type" else _field_at(loc)[1]
+        return f"{dotted}: expected {expected}, got {first['input']!r}"
+    names = [f.name for f in dataclasses.fields(_field_at(loc)[0])]
+    prefix = "".join(f"{part}." for part in loc[:-1])
+    close = difflib.get_close_matches(loc[-1], names, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return f"unknown key {dotted}{hint}; valid keys: {', '.join(prefix + name for name in names)}"
+
+
+def flatten(data, prefix: str = "") -> dict[str, object]:
+    """Dotted leaf keys (`dsfnet.finet.enabled`), the way DVC names params; takes Params or a nested dict."""
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def params_from_dict(data: dict | None) -> Params:
+    try:
+        return _VALIDATOR.validate_json(json.dumps(data or {}))  # JSON mode: strict types, mappings as input
+    except ValidationError as error:
+        raise ParamsError(_explain(error)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -182,8 +184,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ParamsError(f"{path} does not exist (run from the project root)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        data = YAML(typ="safe").load(path.read_text())  # YAML 1.2, as DVC reads it: `5e-4` is a float
+    except YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from error
     try:
         return params_from_dict(data)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
 import mlflow
 
 from pipeline.io import read_json
-from pipeline.params import MlflowParams, Params
+from pipeline.params import MlflowParams
 from pipeline.paths import RUN_INFO
 
 
-def tracking_uri(config: MlflowParams) -> str:
-    """MLFLOW_TRACKING_URI wins over params.yaml, so tests and CI can point at their own store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
+def tracking_uri(config: MlflowParams | None = None) -> str:
+    """The one store rule for stages and tools: MLFLOW_TRACKING_URI wins (tests and CI point at their own
+    store), then `config`, else ./params.yaml's `mlflow.tracking_uri` when there is one, else the default."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if config is None:
+        from pipeline.params import load_params
+
+        config = load_params().mlflow if os.path.isfile("params.yaml") else MlflowParams()
+    return config.tracking_uri
 
 
 def configure(config: MlflowParams) -> None:
@@ -23,15 +29,6 @@ def configure(config: MlflowParams) -> None:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     mlflow.set_experiment(config.experiment)
-
-
-def flatten(params: Params) -> dict[str, object]:
-    """params.yaml as dotted keys (train.lr, cluster.eps, ...), the way DVC names them too."""
-    flat: dict[str, object] = {}
-    for section, values in dataclasses.asdict(params).items():
-        for key, value in values.items():
-            flat[f"{section}.{key}"] = value
-    return flat
 
 
 def finite(metrics: dict[str, object]) -> dict[str, float]:

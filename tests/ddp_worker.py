@@ -13,7 +13,7 @@ from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.distributed import init_from_environment, is_main_process, rank_and_world
 from dsfnet.models import ModelConfig, build_model
-from dsfnet.trainer import TrainConfig, model_config_for, seed_everything, train
+from dsfnet.trainer import TrainConfig, seed_everything, train
 
 
 def main(out: Path) -> None:
@@ -23,7 +23,7 @@ def main(out: Path) -> None:
                               progress=False)
     method = DSFNetConfig()
     seed_everything(rank)  # different initial weights per rank: DDP must broadcast rank 0's
-    model = build_model(model_config_for(ModelConfig(), method))
+    model = build_model(ModelConfig(), method)
     config = TrainConfig(epochs=2, iters=2, batch_size=8, num_instances=2, height=32, width=16, workers=0)
     result = train(model, data.train, config, ClusterConfig(k1=10, k2=3, eps=0.6, min_samples=3), method,
                    progress=False)

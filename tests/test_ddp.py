@@ -30,7 +30,5 @@ def test_two_process_ddp_training_keeps_ranks_identical(tmp_path):
     torch.manual_seed(0)
     from dsfnet.config import DSFNetConfig
     from dsfnet.models import ModelConfig, build_model
-    from dsfnet.trainer import model_config_for
-
-    initial = build_model(model_config_for(ModelConfig(), DSFNetConfig())).state_dict()
+    initial = build_model(ModelConfig(), DSFNetConfig()).state_dict()
     assert not torch.equal(initial["trunk.0.weight"], first["trunk.0.weight"])

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from dsfnet.data.loader import CameraAwarePKSampler
+from dsfnet.label_stats import label_quality
 from dsfnet.memory import ClusterMemory
-from dsfnet.trainer import label_quality
 
 
 def test_centroids_are_normalised_cluster_means_ignoring_outliers():

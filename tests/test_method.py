@@ -15,15 +15,16 @@ from dsfnet.cluster.ddo import dynamic_lambda, fuse_distances, neighbourhood_agr
 from dsfnet.cluster.jaccard import jaccard_distance
 from dsfnet.cluster.scnet import secondary_clustering
 from dsfnet.config import DDOConfig, DSFNetConfig, FINetConfig, SCNetConfig
+from dsfnet.label_stats import label_quality
 from dsfnet.memory import HardProxyMemory, momentum_update, occurrence_rank
-from dsfnet.models import ModelConfig, build_model
+from dsfnet.models import ModelConfig, ReIDNet, build_model
 from dsfnet.objective import DSFNetObjective
-from dsfnet.trainer import check_model_matches, label_quality
+from dsfnet.trainer import check_model_matches
 
 
 def finet_model(parts: int = 2) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(ModelConfig(num_parts=parts, fuse_parts=True))
+    return ReIDNet(ModelConfig(), num_parts=parts, fuse_parts=True)
 
 
 def test_finet_branches_are_bn_necks_of_horizontal_stripes():

@@ -1,9 +1,11 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 from dsfnet.config import SCNetConfig
-from pipeline.params import ParamsError, load_params, params_from_dict
+from pipeline.params import Params, ParamsError, flatten, load_params, params_from_dict
 
 
 def test_repository_params_load_with_types():
@@ -40,3 +42,25 @@ def test_wrong_type_names_the_dotted_key(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ParamsError, match="nope.yaml does not exist"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_params_yaml_spells_out_exactly_the_dataclass_defaults():
+    """One source of defaults: params.yaml holds every key (DVC tracks them) with the dataclasses' values;
+    it leaves out only optional overrides whose default is None (synthetic.num_train_ids, ...)."""
+    shipped = flatten(YAML(typ="safe").load(Path("params.yaml").read_text()))
+    defaults = flatten(Params())
+    assert set(shipped) <= set(defaults)
+    assert {key for key in defaults if key not in shipped and defaults[key] is not None} == set()
+    assert {key: (value, defaults[key]) for key, value in shipped.items() if value != defaults[key]} == {}
+
+
+def test_derived_network_settings_are_not_user_keys():
+    with pytest.raises(ParamsError, match=r"unknown key model\.num_parts"):
+        params_from_dict({"model": {"num_parts": 2}})
+
+
+def test_empty_section_and_wrong_shape_are_named():
+    with pytest.raises(ParamsError, match=r"^train: expected a mapping, got \[1, 2\]"):
+        params_from_dict({"train": [1, 2]})
+    with pytest.raises(ParamsError, match=r"^dsfnet\.finet\.enabled: expected bool, got 'yes'"):
+        params_from_dict({"dsfnet": {"finet": {"enabled": "yes"}}})

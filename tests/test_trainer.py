@@ -55,19 +55,20 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(records, uninterrupte
     reference, full = uninterrupted
     state = tmp_path / "last.pt"
 
-    def crash_in_epoch_two(stats, labels):
+    def crash_in_epoch_two(stats, labels, features):
         if stats.epoch == 1:
             raise Crash("killed")
 
     with pytest.raises(Crash):
         train(fresh_model(), records, CONFIG, CLUSTER, on_epoch_end=crash_in_epoch_two, progress=False,
-              resume_path=state, fingerprint="run-a", extra={"run_id": "abc"})
+              state_path=state, fingerprint="run-a", extra={"run_id": "abc"})
     saved = load_resume_state(state, "run-a")
     assert saved["next_epoch"] == 1 and saved["extra"] == {"run_id": "abc"}
     assert load_resume_state(state, "other-params") is None  # a state from other settings is not reused
 
     model = fresh_model(seed=99)  # different initial weights: they must be replaced by the saved ones
-    resumed = train(model, records, CONFIG, CLUSTER, progress=False, resume_path=state, fingerprint="run-a")
+    resumed = train(model, records, CONFIG, CLUSTER, progress=False, state_path=state, fingerprint="run-a",
+                    resume=saved)
     assert len(resumed.history) == 3 and len(resumed.labels) == 3
     assert [h.num_clusters for h in resumed.history] == [h.num_clusters for h in full.history]
     assert [h.loss for h in resumed.history] == pytest.approx([h.loss for h in full.history], rel=0, abs=0)
@@ -79,29 +80,28 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(records, uninterrupte
 
 def test_full_dsfnet_is_deterministic_and_resumes_to_the_same_result(records, tmp_path):
     from dsfnet.config import DSFNetConfig
-    from dsfnet.trainer import model_config_for
-
     method = DSFNetConfig()
 
     def dsfnet_model(seed: int = 0):
         seed_everything(seed)
-        return build_model(model_config_for(ModelConfig(), method))
+        return build_model(ModelConfig(), method)
 
     reference_model = dsfnet_model()
     reference = train(reference_model, records, CONFIG, CLUSTER, method, progress=False)
     assert all(h.hard_proxies > 0 and 0 <= h.lambda_t <= 0.5 for h in reference.history)
     assert all(abs(h.weight_global + 2 * h.weight_part - 1) < 1e-5 for h in reference.history)
 
-    def crash_in_epoch_three(stats, labels):
+    def crash_in_epoch_three(stats, labels, features):
         if stats.epoch == 2:
             raise Crash("killed")
 
     state = tmp_path / "last.pt"
     with pytest.raises(Crash):
         train(dsfnet_model(), records, CONFIG, CLUSTER, method, on_epoch_end=crash_in_epoch_three, progress=False,
-              resume_path=state, fingerprint="dsfnet")
+              state_path=state, fingerprint="dsfnet")
     model = dsfnet_model(seed=42)
-    resumed = train(model, records, CONFIG, CLUSTER, method, progress=False, resume_path=state, fingerprint="dsfnet")
+    resumed = train(model, records, CONFIG, CLUSTER, method, progress=False, state_path=state, fingerprint="dsfnet",
+                    resume=load_resume_state(state, "dsfnet"))
     for got, want in zip(resumed.history, reference.history, strict=True):
         assert (got.num_clusters, got.hard_samples, got.hard_proxies, got.loss, got.lambda_t) == \
                (want.num_clusters, want.hard_samples, want.hard_proxies, want.loss, want.lambda_t)

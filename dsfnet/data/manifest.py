@@ -6,25 +6,20 @@ It is also how users describe their own data (the `folder` reader will accept it
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
+from dsfnet.atomic import atomic_path
 from dsfnet.data.records import DatasetError, ImageRecord, ReIDDataset
 
 COLUMNS = ("path", "pid", "camid", "split")
 
 
 def write_manifest(dataset: ReIDDataset, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for split, records in dataset.splits().items():
             writer.writerows((r.path, r.pid, r.camid, split) for r in records)
-    os.replace(tmp, path)
 
 
 def read_manifest(path: str | Path, name: str = "manifest") -> ReIDDataset:

@@ -227,6 +227,16 @@ def render_pedestrian(identity: Identity, camera: Camera, rng: np.random.Generat
 
 def _draw_person(draw: ImageDraw.ImageDraw, ident: Identity, view: str, rng: np.random.Generator,
                  cx: float, top_y: float, body_h: float, half_w: float) -> None:
+    torso_top = _draw_head(draw, ident, view, cx, top_y, body_h)
+    torso_bot = top_y + body_h * 0.55
+    _draw_torso(draw, ident, view, cx, half_w, torso_top, torso_bot)
+    _draw_legs(draw, ident, view, rng, cx, top_y, body_h, half_w, torso_bot)
+    _draw_bag(draw, ident, view, rng, cx, body_h, half_w, torso_top, torso_bot)
+
+
+def _draw_head(draw: ImageDraw.ImageDraw, ident: Identity, view: str, cx: float, top_y: float,
+               body_h: float) -> float:
+    """Head, hair and hat; returns where the torso starts."""
     head_r = body_h * 0.075
     head_cy = top_y + head_r
     head = [cx - head_r, head_cy - head_r, cx + head_r, head_cy + head_r]
@@ -244,7 +254,12 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Identity, view: str, rng: np.
         draw.rectangle([cx - head_r * 1.15, head_cy - head_r * 1.1, cx + head_r * 1.15, head_cy - head_r * 0.3],
                        fill=_rgb(ident.hat))
 
-    torso_top, torso_bot = head_cy + head_r, top_y + body_h * 0.55
+    return head_cy + head_r
+
+
+def _draw_torso(draw: ImageDraw.ImageDraw, ident: Identity, view: str, cx: float, half_w: float,
+                torso_top: float, torso_bot: float) -> None:
+    """Top with its texture, and the sleeves."""
     torso = [cx - half_w, torso_top, cx + half_w, torso_bot]
     draw.rectangle(torso, fill=_rgb(ident.top))
     tex = _rgb(ident.texture_colour)
@@ -270,6 +285,10 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Identity, view: str, rng: np.
     for x0, x1 in arms:
         draw.rectangle([x0, torso_top, x1, sleeve_bottom], fill=_rgb(ident.top * 0.85))
 
+
+
+def _draw_legs(draw: ImageDraw.ImageDraw, ident: Identity, view: str, rng: np.random.Generator, cx: float,
+               top_y: float, body_h: float, half_w: float, torso_bot: float) -> None:
     leg_top, leg_bot = torso_bot, top_y + body_h
     knee = leg_top + (leg_bot - leg_top) * 0.45
     stride = rng.uniform(0, half_w * (0.8 if view == "side" else 0.4))
@@ -284,6 +303,10 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Identity, view: str, rng: np.
         draw.rectangle([min(x_out, x_in), leg_bot - body_h * 0.03, max(x_out, x_in), leg_bot],
                        fill=_rgb(ident.shoes))
 
+
+
+def _draw_bag(draw: ImageDraw.ImageDraw, ident: Identity, view: str, rng: np.random.Generator, cx: float,
+              body_h: float, half_w: float, torso_top: float, torso_bot: float) -> None:
     bag = _rgb(ident.bag_colour)
     if ident.bag == "backpack":
         if view == "back":  # the whole pack covers the back

@@ -1,8 +1,9 @@
-"""Backbone + BN neck (the Cluster Contrast network), with FINet's part branches and integration head.
+"""Backbone + BN neck (the Cluster Contrast network), with FINet's part branches (dsfnet/models/finet.py).
 
 In training mode the network returns a `ReIDOutput` of BN-neck features (the memories normalise them);
 in eval mode it returns the one L2-normalised feature used for retrieval: FINet's fused feature when
 `fuse_parts`, else the global one. `embed()` gives every branch, L2-normalised, for clustering.
+The part branches are not user settings: `build_model(config, method)` derives them from DSFNet's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from dsfnet.config import DSFNetConfig
+from dsfnet.models.finet import IntegrationHead, integrate, part_features
+
 ARCHS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
 
 
@@ -25,8 +29,6 @@ class ModelConfig:
     pretrained: str | None = None  # local path to ImageNet weights (torchvision state_dict); no downloads
     last_stride: int = 1
     pooling: str = "avg"  # avg (paper) or gem (reference code default)
-    num_parts: int = 0  # horizontal part branches (FINet); 0 = global branch only
-    fuse_parts: bool = False  # FINet: learned per-sample integration weights; the fused feature is the output
 
 
 class ReIDOutput(NamedTuple):
@@ -62,29 +64,17 @@ def bn_neck(dim: int) -> nn.BatchNorm1d:
     return neck
 
 
-class IntegrationHead(nn.Module):
-    """FINet's per-sample weights over the P + 1 branch features (softmax); starts uniform."""
-
-    def __init__(self, dim: int, branches: int, hidden: int = 128):
-        super().__init__()
-        self.score = nn.Sequential(nn.Linear(dim * branches, hidden), nn.ReLU(inplace=True),
-                                   nn.Linear(hidden, branches))
-        nn.init.zeros_(self.score[2].weight)
-        nn.init.zeros_(self.score[2].bias)
-
-    def forward(self, normalised: torch.Tensor) -> torch.Tensor:  # (B, P + 1, D) → (B, P + 1)
-        return torch.softmax(self.score(normalised.flatten(1)), dim=1)
-
-
 class ReIDNet(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """`num_parts` horizontal part branches (0: global only); `fuse_parts`: FINet's learned integration."""
+
+    def __init__(self, config: ModelConfig, num_parts: int = 0, fuse_parts: bool = False):
         super().__init__()
         if config.arch not in ARCHS:
             raise ValueError(f"model.arch must be one of {sorted(ARCHS)}, got {config.arch!r}")
         if config.pooling not in ("avg", "gem"):
             raise ValueError(f"model.pooling must be 'avg' or 'gem', got {config.pooling!r}")
-        if config.num_parts < 0 or (config.fuse_parts and config.num_parts == 0):
-            raise ValueError(f"model.num_parts must be >= 0 (and > 0 to fuse parts), got {config.num_parts}")
+        if num_parts < 0 or (fuse_parts and num_parts == 0):
+            raise ValueError(f"num_parts must be >= 0 (and > 0 to fuse parts), got {num_parts}")
         resnet = ARCHS[config.arch](weights=None)
         if config.pretrained:
             load_pretrained(resnet, config.pretrained, config.arch)
@@ -98,12 +88,12 @@ class ReIDNet(nn.Module):
             resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
         )
         self.feature_dim = resnet.fc.in_features
-        self.num_parts = config.num_parts
-        self.fuse_parts = config.fuse_parts
+        self.num_parts = num_parts
+        self.fuse_parts = fuse_parts
         self.pool = AveragePooling() if config.pooling == "avg" else GeneralizedMeanPooling()
         self.neck = bn_neck(self.feature_dim)
-        self.part_necks = nn.ModuleList(bn_neck(self.feature_dim) for _ in range(config.num_parts))
-        self.integration = IntegrationHead(self.feature_dim, config.num_parts + 1) if config.fuse_parts else None
+        self.part_necks = nn.ModuleList(bn_neck(self.feature_dim) for _ in range(num_parts))
+        self.integration = IntegrationHead(self.feature_dim, num_parts + 1) if fuse_parts else None
 
     @property
     def embedding_dim(self) -> int:
@@ -116,15 +106,8 @@ class ReIDNet(nn.Module):
         global_ = self.neck(self.pool(fmap).flatten(1))
         if not self.num_parts:
             return ReIDOutput(global_, None, F.normalize(global_, dim=1), None)
-        stripes = self.pool(fmap, (self.num_parts, 1)).flatten(2)  # (B, D, P): horizontal stripes
-        parts = torch.stack([neck(stripes[:, :, p]) for p, neck in enumerate(self.part_necks)], dim=1)
-        normalised = F.normalize(torch.cat([global_.unsqueeze(1), parts], dim=1), dim=2)
-        if self.integration is not None:
-            weights = self.integration(normalised)
-        else:  # parts without FINet (DDO alone): a uniform mix, used only for clustering
-            weights = normalised.new_full(normalised.shape[:2], 1.0 / normalised.shape[1])
-        # weighted concatenation: fused·fused' = Σ_i w_i cos(f_i, f_i') for equal weights, unit norm by construction
-        fused = (weights.sqrt().unsqueeze(2) * normalised).flatten(1)
+        parts = part_features(self.pool, fmap, self.part_necks)
+        fused, weights = integrate(global_, parts, self.integration)
         return ReIDOutput(global_, parts, fused, weights)
 
     @torch.no_grad()
@@ -166,5 +149,14 @@ def load_pretrained(resnet: nn.Module, path: str | Path, arch: str) -> None:
                            strict=False)
 
 
-def build_model(config: ModelConfig) -> ReIDNet:
-    return ReIDNet(config)
+def build_model(config: ModelConfig, method: DSFNetConfig | None = None, seed: int | None = None) -> ReIDNet:
+    """The network `method` needs (part branches for FINet/DDO; None: the baseline's global branch).
+
+    With `seed`, the initial weights come from that seed and the global RNG state is left as it was.
+    """
+    parts, fuse = (method.num_parts, method.finet.enabled) if method is not None else (0, False)
+    if seed is None:
+        return ReIDNet(config, parts, fuse)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ReIDNet(config, parts, fuse)

@@ -14,7 +14,7 @@ import pandas as pd
 from dsfnet.data import DatasetError, available_datasets, generate_synthetic, load_dataset, write_manifest
 from dsfnet.data.contact_sheet import contact_sheet
 from pipeline.cli import run_stage
-from pipeline.io import staged_dir, write_csv
+from pipeline.io import atomic_path, staged_dir, write_csv
 from pipeline.params import Params
 from pipeline.paths import CONTACT_SHEET, MANIFEST, PREPARED_DIR, REJECTED, SYNTHETIC_DIR
 
@@ -44,10 +44,8 @@ def prepare(params: Params) -> None:
     if dataset.rejected:
         log.warning("%d file(s) could not be read as images of %s; validate will list them",
                     len(dataset.rejected), name)
-    CONTACT_SHEET.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CONTACT_SHEET.with_name(".contact_sheet.tmp.png")
-    contact_sheet(dataset.train or dataset.gallery).save(tmp)
-    tmp.replace(CONTACT_SHEET)
+    with atomic_path(CONTACT_SHEET) as tmp:
+        contact_sheet(dataset.train or dataset.gallery).save(tmp)
     log.info("manifest: %s; contact sheet: %s", MANIFEST, CONTACT_SHEET)
 
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import lineage, tracking
 from pipeline.cli import run_stage
 from pipeline.io import read_json, write_json
-from pipeline.params import Params
+from pipeline.params import Params, flatten
 from pipeline.paths import CHECKPOINT, metrics_file
 from pipeline.serving import log_reid_model
 
@@ -100,7 +100,7 @@ def register(params: Params) -> None:
     client = MlflowClient()
     tags = {"dataset": dataset, "mAP": repr(float(evaluation["mAP"])), "rank1": repr(float(evaluation["rank1"])),
             "gates": "passed",
-            **lineage.lineage_tags(tracking.flatten(params), dataset, params.dataset.root)}
+            **lineage.lineage_tags(flatten(params), dataset, params.dataset.root)}
     with mlflow.start_run(run_id=tracking.training_run_id()):
         mlflow.set_tags({k: v for k, v in tags.items() if k not in ("mAP", "rank1")})
         if lineage.DVC_LOCK.is_file():

@@ -20,18 +20,11 @@ from dsfnet.checkpoint import save_checkpoint
 from dsfnet.data import read_manifest
 from dsfnet.distributed import init_from_environment, is_main_process
 from dsfnet.models import build_model
-from dsfnet.trainer import (
-    EpochStats,
-    load_resume_state,
-    model_config_for,
-    resolve_device,
-    seed_everything,
-    train,
-)
+from dsfnet.trainer import EpochStats, load_resume_state, resolve_device, train
 from pipeline import lineage, tracking
 from pipeline.cli import StageFailed, run_stage
-from pipeline.io import write_csv, write_json
-from pipeline.params import Params, ParamsError, load_params
+from pipeline.io import atomic_path, write_csv, write_json
+from pipeline.params import Params, ParamsError, flatten, load_params
 from pipeline.paths import (
     CHECKPOINT,
     EPOCH_EMBEDDINGS,
@@ -45,11 +38,12 @@ from pipeline.paths import (
 )
 
 log = logging.getLogger(__name__)
+MONITOR_ROWS = 2000  # embeddings kept for drift monitoring: a fixed random subset of the train images
 
 
 def fingerprint(params: Params) -> str:
     """What a resumable state must match: the training parameters and the exact manifest."""
-    relevant = {k: v for k, v in tracking.flatten(params).items()
+    relevant = {k: v for k, v in flatten(params).items()
                 if k.split(".")[0] in ("dataset", "model", "train", "cluster", "dsfnet")}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
     digest.update(MANIFEST.read_bytes())
@@ -71,6 +65,43 @@ def log_dataset_input(params: Params) -> None:
     mlflow.log_input(dataset, context="training")
 
 
+def monitor_rows(num_samples: int, seed: int) -> np.ndarray:
+    """The sorted sample indices whose embeddings are kept (independent of the training RNG streams)."""
+    if num_samples <= MONITOR_ROWS:
+        return np.arange(num_samples)
+    return np.sort(np.random.default_rng(seed).choice(num_samples, MONITOR_ROWS, replace=False))
+
+
+def epoch_logger(rows: np.ndarray, kept: dict[str, np.ndarray]):
+    """The trainer's epoch callback: metrics to MLflow, the first and last epoch's sampled embeddings into `kept`
+    (which the trainer saves with its resumable state)."""
+
+    def on_epoch_end(stats: EpochStats, labels: np.ndarray, features: np.ndarray) -> None:
+        mlflow.log_metrics(tracking.finite(stats.as_dict()), step=stats.epoch)
+        kept.setdefault("first", features[rows].astype(np.float16))
+        kept["last"] = features[rows].astype(np.float16)
+
+    return on_epoch_end
+
+
+def start_tracking(params: Params) -> None:
+    flat = flatten(params)
+    mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": method_tag(params),
+                     **lineage.lineage_tags(flat, params.dataset.name, params.dataset.root),
+                     **lineage.system_tags(str(resolve_device(params.train.device)))})
+    mlflow.log_params(flat)
+    log_dataset_input(params)
+
+
+def write_outputs(dataset, result, rows: np.ndarray, embeddings: dict[str, np.ndarray]) -> None:
+    write_csv(EPOCH_STATS, pd.DataFrame([s.as_dict() for s in result.history]))
+    truth = np.array([r.pid for r in dataset.train])
+    with atomic_path(EPOCH_LABELS) as tmp:
+        np.savez_compressed(tmp, truth=truth, **{f"epoch_{e}": labels for e, labels in enumerate(result.labels)})
+    with atomic_path(EPOCH_EMBEDDINGS) as tmp:
+        np.savez_compressed(tmp, rows=rows, **embeddings)
+
+
 def train_stage(params: Params) -> None:
     """Train the model; write models/, reports/train/ and metrics/train.json.
 
@@ -83,60 +114,38 @@ def train_stage(params: Params) -> None:
     if len(dataset.train) < params.cluster.min_samples:
         raise StageFailed(f"train split has {len(dataset.train)} images, fewer than "
                           f"cluster.min_samples={params.cluster.min_samples}")
-    params.dsfnet.check()
-    model_config = model_config_for(params.model, params.dsfnet)
-    seed_everything(params.train.seed)  # the initial weights too: same seed, same run
-    model = build_model(model_config)  # a bad model.pretrained path fails here, before any training
+    # a bad model.pretrained path fails here, before any training; same seed, same initial weights
+    model = build_model(params.model, params.dsfnet, seed=params.train.seed)
     init_from_environment()
-    main_process = is_main_process()
     key = fingerprint(params)
     resumed = load_resume_state(RESUME_STATE, key)
-    run_id = resumed["extra"].get("run_id") if resumed else None
-
-    def on_epoch_end(stats: EpochStats, labels: np.ndarray) -> None:
-        mlflow.log_metrics(tracking.finite(stats.as_dict()), step=stats.epoch)
-
-    start = time.perf_counter()
-    if not main_process:
-        # every rank resumes from the same saved state (only rank 0 writes it), or they would fall out of step
-        train(model, dataset.train, params.train, params.cluster, params.dsfnet, progress=False,
-              resume_path=RESUME_STATE, fingerprint=key)
+    # every rank resumes from the same saved state (only rank 0 writes it), or they would fall out of step
+    run = dict(model=model, records=dataset.train, config=params.train, cluster_config=params.cluster,
+               method=params.dsfnet, state_path=RESUME_STATE, fingerprint=key, resume=resumed)
+    if not is_main_process():
+        train(**run, progress=False)
         return
+    start = time.perf_counter()
+    extra = resumed["extra"] if resumed else {"embeddings": {}}
+    rows = monitor_rows(len(dataset.train), params.train.seed)
     tracking.configure(params.mlflow)
-    with mlflow.start_run(run_id=run_id, run_name=f"{params.dataset.name}-{params.model.arch}") as run:
+    with mlflow.start_run(run_id=extra.get("run_id"), run_name=f"{params.dataset.name}-{params.model.arch}") as mlrun:
         if resumed is None:
-            flat = tracking.flatten(params)
-            mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": method_tag(params),
-                             **lineage.lineage_tags(flat, params.dataset.name, params.dataset.root),
-                             **lineage.system_tags(str(resolve_device(params.train.device)))})
-            mlflow.log_params(flat)
-            log_dataset_input(params)
-        result = train(model, dataset.train, params.train, params.cluster, params.dsfnet, on_epoch_end=on_epoch_end,
-                       resume_path=RESUME_STATE, fingerprint=key, extra={"run_id": run.info.run_id})
+            start_tracking(params)
+        extra["run_id"] = mlrun.info.run_id
+        result = train(**run, on_epoch_end=epoch_logger(rows, extra["embeddings"]), extra=extra)
         total_s = time.perf_counter() - start
-        save_checkpoint(CHECKPOINT, model, model_config, params.train.height, params.train.width,
+        save_checkpoint(CHECKPOINT, model, params.model, params.train.height, params.train.width,
                         extra={"dataset": params.dataset.name, "epochs": len(result.history),
                                "method": method_tag(params)})
-        last = result.history[-1].as_dict()
-        metrics = {
-            **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in last.items()},
-            "train_minutes": total_s / 60.0,
-            "resumed_at_epoch": resumed["next_epoch"] if resumed else None,
-            "method": method_tag(params),
-        }
-        mlflow.log_metric("train_minutes", metrics["train_minutes"])
-
-    EPOCH_STATS.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(EPOCH_STATS, pd.DataFrame([s.as_dict() for s in result.history]))
-    truth = np.array([r.pid for r in dataset.train])
-    tmp = EPOCH_LABELS.with_name(".labels.tmp.npz")
-    np.savez_compressed(tmp, truth=truth, **{f"epoch_{e}": labels for e, labels in enumerate(result.labels)})
-    tmp.replace(EPOCH_LABELS)
-    tmp = EPOCH_EMBEDDINGS.with_name(".embeddings.tmp.npz")
-    np.savez_compressed(tmp, rows=result.embedding_rows, **result.embeddings)
-    tmp.replace(EPOCH_EMBEDDINGS)
-    write_json(RUN_INFO, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
-    write_json(metrics_file("train"), metrics)
+        mlflow.log_metric("train_minutes", total_s / 60.0)
+    write_outputs(dataset, result, rows, extra["embeddings"])
+    write_json(RUN_INFO, {"run_id": mlrun.info.run_id, "experiment_id": mlrun.info.experiment_id})
+    last = result.history[-1].as_dict()
+    write_json(metrics_file("train"), {
+        **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in last.items()},
+        "train_minutes": total_s / 60.0, "resumed_at_epoch": resumed["next_epoch"] if resumed else None,
+        "method": method_tag(params)})
     RESUME_STATE.unlink(missing_ok=True)  # finished: the next run starts afresh
     log.info("trained %d epochs in %.1f min; last epoch: %d clusters, purity %.3f",
              len(result.history), total_s / 60, last["num_clusters"], last["purity"])
