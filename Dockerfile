@@ -4,6 +4,8 @@
 # The default command runs the whole pipeline (the Prefect flow) on the project copied into the image.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
+# DO_NOT_TRACK … GX_ANALYTICS_ENABLED: a copy of pipeline/__init__.py OFFLINE_ENV for every process in the
+# container, dvc and mlflow included (tests/test_readme_commands.py checks that the two agree)
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

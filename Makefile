@@ -4,20 +4,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# `mlflow models serve` and the DVC stages call tools by name: the venv must come first on PATH
+# DVC runs each stage's `python -m pipeline.stages...` with the first `python` on PATH, and `mlflow models serve`
+# starts uvicorn by name: the venv must come first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# no analytics, no update checks: everything runs offline
-export DO_NOT_TRACK := 1
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
-export MLFLOW_DISABLE_TELEMETRY := true
-export DVC_NO_ANALYTICS := 1
-export GX_ANALYTICS_ENABLED := false
+# no analytics, no update checks: everything runs offline. Python entry points get the settings by importing
+# `pipeline`; tools that do not (dvc, mlflow ui, prefect server) run under $(OFFLINE), which prints the same
+# list (pipeline/__init__.py OFFLINE_ENV, the only copy)
+OFFLINE = env $$($(PY) -m pipeline.env)
 
-.PHONY: run test install install-dev lint repro clean ui ui-stop serve-flow retrain
+.PHONY: run test install install-dev lint repro exp clean ui ui-stop serve serve-flow retrain
 
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
+SERVE_PORT ?= 5001
+MODEL ?= models:/dsfnet-reid@champion
 PREFECT_UI_URL := http://127.0.0.1:$(PREFECT_PORT)
 
 $(VENV)/.installed: pyproject.toml
@@ -37,22 +37,32 @@ install-dev: $(VENV)/.installed-dev
 run: $(VENV)/.installed
 	$(PY) -m pipeline.flows
 
+# plain DVC with the venv on PATH:  make repro [STAGE="train evaluate"]   = dvc repro [train evaluate]
 repro: $(VENV)/.installed
-	$(PY) -m dvc repro
+	$(OFFLINE) $(PY) -m dvc repro $(STAGE)
+
+# an experiment:  make exp SET="train.epochs=20 cluster.eps=0.55" [STAGE=train]   = dvc exp run -S ... -S ... [train]
+exp: $(VENV)/.installed
+	$(OFFLINE) $(PY) -m dvc exp run $(addprefix -S ,$(SET)) $(STAGE)
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest
 
 # the Prefect server (flows, deployments, schedules) and the MLflow UI (runs, models), on 127.0.0.1
 ui: $(VENV)/.installed
-	@$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect-server.log 2>&1 & echo $$! > .prefect-server.pid
-	@$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) > .mlflow-ui.log 2>&1 & echo $$! > .mlflow-ui.pid
+	@$(OFFLINE) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect-server.log 2>&1 & echo $$! > .prefect-server.pid
+	@$(OFFLINE) $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) > .mlflow-ui.log 2>&1 & echo $$! > .mlflow-ui.pid
 	@echo "Prefect UI: $(PREFECT_UI_URL)   (logs: .prefect-server.log)"
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)   (logs: .mlflow-ui.log)"
 	@echo "next: make serve-flow   (the nightly deployment); stop both with: make ui-stop"
 
 ui-stop:
 	-@kill $$(cat .prefect-server.pid .mlflow-ui.pid 2>/dev/null) 2>/dev/null; rm -f .prefect-server.pid .mlflow-ui.pid
+
+# the registered model over HTTP, e.g. `make serve MODEL=models:/dsfnet-reid/3 SERVE_PORT=5002`
+serve: $(VENV)/.installed
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(OFFLINE) $(VENV)/bin/mlflow models serve \
+		-m $(MODEL) --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 # serve the scheduled deployment (params.yaml flow.cron) against the server `make ui` started
 serve-flow: $(VENV)/.installed

@@ -7,8 +7,8 @@ Logs the checkpoint (default: models/model.pt when it exists, else a random-init
 as the pipeline's pyfunc model into a temporary sqlite registry, serves it on 127.0.0.1, sends the requests
 (each `--batch` real synthetic crops; a `--malformed` share are broken in turn: not JSON, no image
 column, not an image, an empty batch) and prints requests/s, images/s, p50/p99 latency and the 2xx/4xx/5xx
-counts (5xx must stay 0), then the bare model forward (with the same flip averaging) on the same batch in
-this process, and the ratio served/bare (goal ≥ 0.8).
+counts (5xx must stay 0), then the bare forward the server runs (`dsfnet.features.embed_images`, flip on)
+on the same batch in this process, and the ratio served/bare (goal ≥ 0.8).
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ import mlflow
 import numpy as np
 import requests
 import torch
-from PIL import Image
 
 from dsfnet.checkpoint import load_checkpoint, save_checkpoint
 from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.data.transforms import build_test_transform
+from dsfnet.features import decode_image, embed_images
 from dsfnet.models import ModelConfig, build_model
-from dsfnet.trainer import model_config_for
 from pipeline.serving import encode_image, log_reid_model
 
 MALFORMED = [
@@ -72,6 +71,53 @@ def start_server(root: Path, uri: str, workers: int) -> tuple[subprocess.Popen, 
     raise SystemExit("the server did not answer /ping within 3 minutes")
 
 
+def send_all(url: str, bodies: list[str], concurrency: int) -> tuple[list[tuple[int, float, str]], float]:
+    """(status, seconds, body) of every request, sent `concurrency` at a time, and the wall time of it all."""
+    sessions = [requests.Session() for _ in range(concurrency)]
+
+    def send(i: int) -> tuple[int, float, str]:
+        start = time.perf_counter()
+        response = sessions[i % concurrency].post(f"{url}/invocations", data=bodies[i], timeout=120,
+                                                  headers={"Content-Type": "application/json"})
+        return response.status_code, time.perf_counter() - start, bodies[i]
+
+    send(0)  # warm-up
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(send, range(len(bodies))))
+    return results, time.perf_counter() - start
+
+
+def bare_images_per_s(model: torch.nn.Module, batch: torch.Tensor, seconds: float = 10.0) -> float:
+    """What the server's own forward (`embed_images`, flip on) does without HTTP, decoding or batching."""
+    for _ in range(3):
+        embed_images(model, batch, flip=True)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        embed_images(model, batch, flip=True)
+        runs += 1
+    return runs * len(batch) / (time.perf_counter() - start)
+
+
+def report(args: argparse.Namespace, results: list[tuple[int, float, str]], good: str, wall: float,
+           bare: float) -> None:
+    codes = np.array([code for code, _, _ in results])
+    latency = np.array([seconds for _, seconds, _ in results]) * 1000
+    good_latency = np.array([seconds for _, seconds, body in results if body is good]) * 1000
+    images_per_s = sum(1 for code, _, body in results if body is good and code == 200) * args.batch / wall
+    print(f"{args.requests} requests, concurrency {args.concurrency}, {args.batch} images each, "
+          f"{args.malformed:.0%} malformed, server workers {args.workers}, torch threads {torch.get_num_threads()}")
+    print(f"wall {wall:.1f} s: {args.requests / wall:.1f} requests/s, {images_per_s:.1f} images/s served")
+    print(f"latency all: p50 {np.percentile(latency, 50):.0f} ms, p99 {np.percentile(latency, 99):.0f} ms; "
+          f"well-formed: p50 {np.percentile(good_latency, 50):.0f} ms, p99 {np.percentile(good_latency, 99):.0f} ms")
+    ok, client_errors = int(((codes >= 200) & (codes < 300)).sum()), int(((codes >= 400) & (codes < 500)).sum())
+    print(f"status: 2xx {ok}, 4xx {client_errors}, 5xx {int((codes >= 500).sum())}")
+    print(f"bare forward (flip-averaged, batch {args.batch}): {bare:.1f} images/s; served/bare = "
+          f"{images_per_s / bare:.2f} (goal >= 0.8)")
+    if (codes >= 500).any():
+        raise SystemExit("5xx responses: the server failed on some requests")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -88,15 +134,17 @@ def main() -> None:
         checkpoint = args.checkpoint
         if not checkpoint.is_file():
             torch.manual_seed(0)
-            config = model_config_for(ModelConfig(), DSFNetConfig())
             checkpoint = root / "model.pt"
-            save_checkpoint(checkpoint, build_model(config), config, height=64, width=32)
+            save_checkpoint(checkpoint, build_model(ModelConfig(), DSFNetConfig()), ModelConfig(), height=64, width=32)
         model, payload = load_checkpoint(checkpoint)
-        data = generate_synthetic(root / "data", SyntheticConfig(profile="tiny"), progress=False)
-        images = [encode_image(r.path) for r in data.query[: args.batch]]
+        paths = [r.path for r in generate_synthetic(root / "data", SyntheticConfig(profile="tiny"),
+                                                    progress=False).query[: args.batch]]
         transform = build_test_transform(*payload["input_size"])
-        batch = torch.stack([transform(Image.open(r.path).convert("RGB")) for r in data.query[: args.batch]])
-        good = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}})
+        batch = torch.stack([decode_image(Path(path).read_bytes(), transform) for path in paths])
+        good = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encode_image(p)] for p in paths]}})
+        rng = np.random.default_rng(0)
+        bodies = [MALFORMED[i % len(MALFORMED)][1] if rng.random() < args.malformed else good
+                  for i in range(args.requests)]
 
         uri = f"sqlite:///{root / 'mlflow.db'}"
         os.chdir(root)
@@ -106,53 +154,11 @@ def main() -> None:
             log_reid_model(checkpoint, flip=True, registered_model_name="dsfnet-reid")
         process, url = start_server(root, uri, args.workers)
         try:
-            rng = np.random.default_rng(0)
-            bodies = [MALFORMED[i % len(MALFORMED)][1] if rng.random() < args.malformed else good
-                      for i in range(args.requests)]
-            session_pool = [requests.Session() for _ in range(args.concurrency)]
-
-            def send(i: int) -> tuple[int, float, bool]:
-                session = session_pool[i % args.concurrency]
-                start = time.perf_counter()
-                response = session.post(f"{url}/invocations", data=bodies[i], timeout=120,
-                                        headers={"Content-Type": "application/json"})
-                return response.status_code, time.perf_counter() - start, bodies[i] is good
-
-            send(0)  # warm-up
-            start = time.perf_counter()
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                results = list(pool.map(send, range(args.requests)))
-            wall = time.perf_counter() - start
+            results, wall = send_all(url, bodies, args.concurrency)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
-
-    codes = np.array([r[0] for r in results])
-    latency = np.array([r[1] for r in results]) * 1000
-    served_ok = sum(1 for code, _, is_good in results if is_good and code == 200)
-    images_per_s = served_ok * args.batch / wall
-    good_latency = np.array([r[1] for r in results if r[2]]) * 1000
-
-    with torch.no_grad():
-        for _ in range(3):
-            model(batch)
-        runs, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 10:
-            torch.nn.functional.normalize(model(batch) + model(torch.flip(batch, dims=[3])), dim=1)
-            runs += 1
-        bare = runs * args.batch / (time.perf_counter() - start)
-
-    print(f"{args.requests} requests, concurrency {args.concurrency}, {args.batch} images each, "
-          f"{args.malformed:.0%} malformed, server workers {args.workers}, torch threads {torch.get_num_threads()}")
-    print(f"wall {wall:.1f} s: {args.requests / wall:.1f} requests/s, {images_per_s:.1f} images/s served")
-    print(f"latency all: p50 {np.percentile(latency, 50):.0f} ms, p99 {np.percentile(latency, 99):.0f} ms; "
-          f"well-formed: p50 {np.percentile(good_latency, 50):.0f} ms, p99 {np.percentile(good_latency, 99):.0f} ms")
-    ok, client_errors = int(((codes >= 200) & (codes < 300)).sum()), int(((codes >= 400) & (codes < 500)).sum())
-    print(f"status: 2xx {ok}, 4xx {client_errors}, 5xx {int((codes >= 500).sum())}")
-    print(f"bare forward (flip-averaged, batch {args.batch}): {bare:.1f} images/s; served/bare = "
-          f"{images_per_s / bare:.2f} (goal >= 0.8)")
-    if (codes >= 500).any():
-        raise SystemExit("5xx responses: the server failed on some requests")
+    report(args, results, good, wall, bare_images_per_s(model, batch))
 
 
 if __name__ == "__main__":

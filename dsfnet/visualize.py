@@ -1,50 +1,66 @@
-"""Pictures a person looks at to trust a model: rank lists with true/false matches marked."""
+"""Pictures a person looks at to trust a model: rows of crops, e.g. rank lists with true/false matches marked."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from dsfnet.data.records import ImageRecord
+from dsfnet.features import ImageLimits, decode_image
 
 GREEN, RED, BLUE = (40, 170, 60), (210, 40, 40), (40, 90, 200)
+THUMB, BORDER, LINE_H = (64, 128), 4, 14  # a cell: the crop in a BORDER-wide frame, label lines LINE_H apart below
+Cell = tuple[str | Path, tuple[int, int, int] | None, Sequence[str]]  # (image path, frame colour or None, label lines)
 
 
-def _thumbnail(path: str, size: tuple[int, int]) -> Image.Image:
+def _thumbnail(path: str | Path, size: tuple[int, int], pad: bool, limits: ImageLimits) -> Image.Image:
+    def fit(image: Image.Image) -> Image.Image:
+        return ImageOps.pad(image, size, color=(200, 200, 200)) if pad else image.resize(size)
+
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB").resize(size)
-    except OSError:
+        return decode_image(Path(path).read_bytes(), fit, limits)
+    except (OSError, ValueError):  # missing, unreadable or over the limits: a grey placeholder
         return Image.new("RGB", size, (160, 160, 160))
 
 
+def image_row(cells: Sequence[Cell], thumb: tuple[int, int] = THUMB, border: int = BORDER, pad: bool = False,
+              limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """The cells left to right, each crop stretched to `thumb` (`pad`: fitted, grey bands) above its label lines."""
+    cell_w, frame_h = thumb[0] + 2 * border, thumb[1] + 2 * border
+    lines = max((len(label) for *_, label in cells), default=1)
+    row = Image.new("RGB", (len(cells) * cell_w, frame_h + lines * LINE_H), (255, 255, 255))
+    draw = ImageDraw.Draw(row)
+    for col, (path, colour, label) in enumerate(cells):
+        x = col * cell_w
+        if colour is not None:
+            draw.rectangle([x, 0, x + cell_w - 1, frame_h - 1], fill=colour)
+        row.paste(_thumbnail(path, thumb, pad, limits), (x + border, border))
+        for i, line in enumerate(label):
+            draw.text((x + 2, frame_h + i * LINE_H), line, fill=(0, 0, 0))
+    return row
+
+
 def rank_list_figure(queries: Sequence[ImageRecord], gallery: Sequence[ImageRecord], rankings: np.ndarray,
-                     captions: Sequence[str] | None = None, thumb: tuple[int, int] = (64, 128),
-                     border: int = 4) -> Image.Image:
+                     captions: Sequence[str] | None = None, thumb: tuple[int, int] = THUMB,
+                     border: int = BORDER) -> Image.Image:
     """One row per query: the query (blue), then its ranked gallery images, green if the same identity, red if not.
 
     `rankings[r]` lists gallery indices in rank order for query r (already without the same-camera,
     same-identity items the protocol ignores). Each cell is labelled with identity and camera.
     """
-    cols = rankings.shape[1] + 1
-    cell_w, cell_h = thumb[0] + 2 * border, thumb[1] + 2 * border + 14
-    head = 14 if captions else 0
-    sheet = Image.new("RGB", (cols * cell_w, len(queries) * (cell_h + head)), (255, 255, 255))
+    head = LINE_H if captions else 0
+    row_h = head + thumb[1] + 2 * border + LINE_H
+    sheet = Image.new("RGB", ((rankings.shape[1] + 1) * (thumb[0] + 2 * border), len(queries) * row_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for row, query in enumerate(queries):
-        y = row * (cell_h + head)
+    for r, query in enumerate(queries):
         if captions:
-            draw.text((2, y + 1), captions[row], fill=(0, 0, 0))
-        cells = [(query, BLUE, "query")] + [
-            (gallery[g], GREEN if gallery[g].pid == query.pid else RED, f"{rank + 1}")
-            for rank, g in enumerate(rankings[row])
-        ]
-        for col, (record, colour, label) in enumerate(cells):
-            x = col * cell_w
-            draw.rectangle([x, y + head, x + cell_w - 1, y + head + thumb[1] + 2 * border - 1], fill=colour)
-            sheet.paste(_thumbnail(record.path, thumb), (x + border, y + head + border))
-            draw.text((x + 2, y + head + thumb[1] + 2 * border), f"{label} id{record.pid} c{record.camid}",
-                      fill=(0, 0, 0))
+            draw.text((2, r * row_h + 1), captions[r], fill=(0, 0, 0))
+        ranked = [(gallery[g], GREEN if gallery[g].pid == query.pid else RED, f"{rank + 1}")
+                  for rank, g in enumerate(rankings[r])]
+        cells = [(rec.path, colour, [f"{label} id{rec.pid} c{rec.camid}"])
+                 for rec, colour, label in [(query, BLUE, "query"), *ranked]]
+        sheet.paste(image_row(cells, thumb, border), (0, r * row_h + head))
     return sheet

@@ -24,7 +24,8 @@ def run_stage(name: str, body: Callable[[Params], None], argv: list[str] | None 
     parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(levelname)s %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    for chatty in ("faiss.loader", "great_expectations"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         body(load_params(args.params))
     except USER_ERRORS as error:

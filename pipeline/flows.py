@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
 import pipeline  # noqa: F401 - switches off analytics before prefect is imported
-from pipeline.params import ParamsError, load_params
+from pipeline.params import ParamsError, load_params, tracking_uri
 from pipeline.paths import EVALUATE_REPORTS, MONITOR_REPORTS, RUN_INFO, VALIDATE_REPORTS, metrics_file
 from pipeline.stages import STAGES
 
@@ -105,6 +105,20 @@ def read_results(project_dir: Path) -> dict[str, dict]:
     return results
 
 
+REPORTS = {  # what a person opens after a run
+    "validation data docs": VALIDATE_REPORTS / "index.html",
+    "pseudo-label report": MONITOR_REPORTS / "pseudo_labels.html",
+    "pseudo-label curves": MONITOR_REPORTS / "epochs.png",
+    "CMC curve": EVALUATE_REPORTS / "cmc.png",
+    "rank lists": EVALUATE_REPORTS / "rank_list.png",
+}
+
+
+def reports(project_dir: Path, names: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """(name, absolute path) of those of the named reports that this run wrote."""
+    return [(name, project_dir / REPORTS[name]) for name in names if (project_dir / REPORTS[name]).exists()]
+
+
 def summary_lines(project_dir: Path, results: dict[str, dict]) -> list[str]:
     lines = []
     evaluation = results.get("evaluate")
@@ -125,11 +139,8 @@ def summary_lines(project_dir: Path, results: dict[str, dict]) -> list[str]:
                          f"({register['reason']})")
         else:
             lines.append(f"MLflow model: {register['model_name']} not registered ({register['reason']})")
-    for name, folder, page in (("validation data docs", VALIDATE_REPORTS, "index.html"),
-                               ("pseudo-label report", MONITOR_REPORTS, "pseudo_labels.html"),
-                               ("CMC curve", EVALUATE_REPORTS, "cmc.png")):
-        if (project_dir / folder / page).exists():
-            lines.append(f"{name}: {(project_dir / folder / page)}")
+    lines += [f"{name}: {path}" for name, path in reports(project_dir, ("validation data docs", "pseudo-label report",
+                                                                          "CMC curve"))]
     return lines
 
 
@@ -139,7 +150,7 @@ def _mlflow_link(project_dir: Path) -> str | None:
         return None
     run = json.loads(run_file.read_text())
     try:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or load_params(project_dir / "params.yaml").mlflow.tracking_uri
+        uri = tracking_uri(load_params(project_dir / "params.yaml").mlflow)
     except ParamsError:
         return None
     if uri.startswith(("http://", "https://")):
@@ -177,12 +188,9 @@ def summary_markdown(project_dir: Path, statuses: dict[str, str], results: dict[
                     else "not registered")
         out.append(f"- register: {decision} ({register['reason']})")
     out += ["", "## Links", ""]
-    for name, folder, page in (("validation data docs", VALIDATE_REPORTS, "index.html"),
-                               ("pseudo-label report", MONITOR_REPORTS, "pseudo_labels.html"),
-                               ("pseudo-label curves", MONITOR_REPORTS, "epochs.png"),
-                               ("rank lists", EVALUATE_REPORTS, "rank_list.png")):
-        if (project_dir / folder / page).exists():
-            out.append(f"- [{name}]({(project_dir / folder / page).as_uri()})")
+    out += [f"- [{name}]({path.as_uri()})" for name, path in reports(project_dir, ("validation data docs",
+                                                                                 "pseudo-label report",
+                                                                                 "pseudo-label curves", "rank lists"))]
     link = _mlflow_link(project_dir)
     if link:
         out.append(f"- {link}")

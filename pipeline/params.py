@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +175,14 @@ def flatten(data, prefix: str = "") -> dict[str, object]:
 
 def params_from_dict(data: dict | None) -> Params:
     try:
-        return _VALIDATOR.validate_json(json.dumps(data or {}))  # JSON mode: strict types, mappings as input
+        params = _VALIDATOR.validate_json(json.dumps(data or {}))  # JSON mode: strict types, mappings as input
     except ValidationError as error:
         raise ParamsError(_explain(error)) from None
+    try:
+        params.dsfnet.check()  # the ranges of DSFNet's settings (dsfnet.finet.num_parts 2 or 3, ...)
+    except ValueError as error:
+        raise ParamsError(str(error)) from None
+    return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -191,3 +197,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return params_from_dict(data)
     except ParamsError as error:
         raise ParamsError(f"{path}: {error}") from None
+
+
+def tracking_uri(config: MlflowParams | None = None) -> str:
+    """The one store rule for stages and tools: MLFLOW_TRACKING_URI wins (tests and CI point at their own
+    store), then `config`, else ./params.yaml's `mlflow.tracking_uri` when there is one, else the default."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if config is None:
+        config = load_params().mlflow if Path("params.yaml").is_file() else MlflowParams()
+    return config.tracking_uri

@@ -6,7 +6,8 @@ Response: {"predictions": [[e_1, ..., e_D], ...]}, one unit-norm row per image; 
 metadata (`embedding_dim`). For local batch use (`mlflow.pyfunc.load_model(...).predict`) a `path`
 column of image files works too; a server refuses it (it would read files on the server's disk).
 Bad input — no image column, an empty batch, bytes that are not an image, an image over
-`max_image_mb` — raises an MlflowException, which the server answers with HTTP 400 and the message.
+`max_image_mb` or `max_pixels` — raises an MlflowException, which the server answers with HTTP 400 and
+the message. MLflow loads the model from code (pipeline/serving_model.py), not from a pickle.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema, TensorSpec
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dsfnet.checkpoint import load_checkpoint
 from dsfnet.data.transforms import build_test_transform
+from dsfnet.features import ImageDecodeError, ImageLimits, decode_image, embed_images
 from pipeline.batching import MicroBatcher
 
 INPUT_COLUMN = "image"
 PATH_COLUMN = "path"
-DEFAULTS = {"flip": True, "batch_size": 64, "max_image_mb": 10.0, "max_pixels": 25_000_000}
+DEFAULTS = {"flip": True, "batch_size": 64, "max_image_mb": ImageLimits.max_mb,
+            "max_pixels": ImageLimits.max_pixels}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+MODEL_CODE = Path(__file__).with_name("serving_model.py")  # what MLflow runs to build the model
 
 
 def encode_image(path_or_bytes) -> str:
@@ -52,33 +56,26 @@ def _serving() -> bool:
 
 
 class ReIDEmbedder(mlflow.pyfunc.PythonModel):
+    """Decodes with `dsfnet.features.decode_image` and embeds with `embed_images`: what search and evaluate do."""
+
     def load_context(self, context) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, payload = load_checkpoint(context.artifacts["checkpoint"], map_location="cpu")
         self.model.to(self.device)
-        height, width = payload["input_size"]
-        self.transform = build_test_transform(height, width)
+        self.transform = build_test_transform(*payload["input_size"])
         config = {**DEFAULTS, **(context.model_config or {})}
         # the same test-time flip averaging as the evaluate stage, so served embeddings are the evaluated ones
         self.flip = bool(config["flip"])
         self.batch_size = int(config["batch_size"])
-        self.max_bytes = int(float(config["max_image_mb"]) * 1024 * 1024)
-        self.max_pixels = int(config["max_pixels"])
+        self.limits = ImageLimits.from_config(config)
         # the server calls predict from several threads at once: they decode concurrently and share forwards
         self.batcher = MicroBatcher(self._forward, max_batch=self.batch_size)
 
     def _open(self, row: int, data: bytes, what: str) -> torch.Tensor:
-        if len(data) > self.max_bytes:
-            raise bad_input(f"row {row}: {what} is {len(data) / 2**20:.1f} MB, over the "
-                            f"{self.max_bytes / 2**20:.0f} MB limit")
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > self.max_pixels:
-                    raise bad_input(f"row {row}: {what} is {image.width}×{image.height} pixels, over the "
-                                    f"{self.max_pixels:,} pixel limit")
-                return self.transform(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-            raise bad_input(f"row {row}: {what} is not a readable image ({error})") from None
+            return decode_image(data, self.transform, self.limits)
+        except ImageDecodeError as error:
+            raise bad_input(f"row {row}: {what} is {error}") from None
 
     def _decode(self, row: int, value) -> torch.Tensor:
         if not isinstance(value, str | bytes) or not value:
@@ -98,16 +95,8 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
             raise bad_input(f"row {row}: {path} does not exist")
         return self._open(row, path.read_bytes(), str(path))
 
-    @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device)
-        embeddings = self.model(batch)
-        if self.flip:
-            embeddings = torch.nn.functional.normalize(embeddings + self.model(torch.flip(batch, dims=[3])), dim=1)
-        return embeddings.float().cpu()
-
-    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.batcher(batch)
+        return embed_images(self.model, batch.to(self.device), self.flip)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         if not isinstance(model_input, pd.DataFrame):
@@ -122,7 +111,7 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         out = []
         for start in range(0, len(values), self.batch_size):  # decode and embed a chunk at a time
             chunk = values.iloc[start:start + self.batch_size]
-            out.append(self._embed(torch.stack([load(start + i, v) for i, v in enumerate(chunk)])))
+            out.append(self.batcher(torch.stack([load(start + i, v) for i, v in enumerate(chunk)])))
         return torch.cat(out).numpy().astype(np.float32)
 
 
@@ -153,7 +142,7 @@ def log_reid_model(checkpoint: str | Path, flip: bool = True, registered_model_n
     model, payload = load_checkpoint(checkpoint)
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=ReIDEmbedder(),
+        python_model=str(MODEL_CODE),
         artifacts={"checkpoint": str(checkpoint)},
         signature=signature(model.embedding_dim),
         input_example=pd.DataFrame({INPUT_COLUMN: [example_image()]}),

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 
 import mlflow
 
 from pipeline.io import read_json
-from pipeline.params import MlflowParams
+from pipeline.params import MlflowParams, tracking_uri
+
+__all__ = ["configure", "finite", "tracking_uri", "training_run_id"]
 from pipeline.paths import RUN_INFO
-
-
-def tracking_uri(config: MlflowParams | None = None) -> str:
-    """The one store rule for stages and tools: MLFLOW_TRACKING_URI wins (tests and CI point at their own
-    store), then `config`, else ./params.yaml's `mlflow.tracking_uri` when there is one, else the default."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if config is None:
-        from pipeline.params import load_params
-
-        config = load_params().mlflow if os.path.isfile("params.yaml") else MlflowParams()
-    return config.tracking_uri
 
 
 def configure(config: MlflowParams) -> None:

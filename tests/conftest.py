@@ -6,10 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+import pipeline  # noqa: F401 - its OFFLINE_ENV and warning filters, before any test module imports prefect
 
 
 def clustered_features(num_ids: int, per_id: int, dim: int, noise: float, seed: int = 0):

@@ -1,29 +1,42 @@
-"""Pseudo-label statistics against literal definitions, and the evidently monitor report with its gates."""
+"""Pseudo-label statistics against independent computations, and the monitor's gates and evidently report."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
+import pandas as pd
 import pytest
-from sklearn.metrics import adjusted_rand_score
+from evidently import DataDefinition, Dataset, Report
+from evidently.metrics import ValueDrift
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from dsfnet.label_stats import epoch_statistics, gini, label_churn, multi_camera_share
-from dsfnet.trainer import label_quality
-from pipeline.monitoring import MonitorData, evaluate_gates, run_monitor_report, sample_frame
+from pipeline.monitoring import (
+    MonitorData,
+    drift_scores,
+    evaluate_gates,
+    monitored_statistics,
+    run_monitor_report,
+    sample_frame,
+)
 from pipeline.params import MonitorParams
-from tests.test_trainer import CLUSTER, CONFIG, fresh_model, records, uninterrupted  # noqa: F401 - fixtures
+from tests.test_trainer import records, uninterrupted  # noqa: F401 - fixtures
 
 GATE = MonitorParams(max_outlier_ratio=0.3, min_clusters=3, max_largest_cluster_ratio=0.5, max_label_churn=0.5,
                      min_nmi=0.3, min_purity=0.5)
 
 
+def mean_abs_difference_gini(sizes) -> float:
+    x = np.asarray(sizes, dtype=float)
+    return float(np.abs(x[:, None] - x[None, :]).sum() / (2 * len(x) ** 2 * x.mean()))
+
+
 def test_gini_matches_the_mean_absolute_difference_definition():
     rng = np.random.default_rng(0)
     for sizes in (rng.integers(1, 50, 30), np.array([5, 5, 5, 5]), np.array([1, 1, 1, 97]), np.array([7])):
-        x = sizes.astype(float)
-        reference = np.abs(x[:, None] - x[None, :]).sum() / (2 * len(x) ** 2 * x.mean())
-        assert gini(sizes) == pytest.approx(reference)
+        assert gini(sizes) == pytest.approx(mean_abs_difference_gini(sizes))
     assert gini(np.array([5, 5, 5, 5])) == 0.0
 
 
@@ -56,28 +69,52 @@ def test_epoch_statistics_leave_ground_truth_scores_out_without_identities():
     assert np.isnan(stats["nmi"]) and np.isnan(stats["purity"])
 
 
+def test_monitored_statistics_of_a_tiny_labelled_epoch_by_hand():
+    # clusters {0,1,2} (ids 5,5,6) and {3,4} (ids 7,7); sample 5 (id 7) is an outlier
+    labels, truth = np.array([0, 0, 0, 1, 1, -1]), np.array([5, 5, 6, 7, 7, 7])
+    row = {"epoch": 3, "num_clusters": 2, "outlier_ratio": 1 / 6, "loss": 0.1,
+           **epoch_statistics(labels, np.array([0, 1, 0, 1, 1, 0]), None, truth)}
+    stats = monitored_statistics(row, labels, has_truth=True)
+    assert stats["purity"] == pytest.approx(4 / 5)  # majority ids: 2 of 3, 2 of 2, of 5 clustered
+    assert stats["pair_precision"] == pytest.approx(2 / 4)  # same-cluster pairs 3 + 1, of which same id 1 + 1
+    assert stats["pair_recall"] == pytest.approx(2 / 4)  # same-id pairs 1 (id 5) + 3 (id 7), 2 of them together
+    assert stats["nmi"] == pytest.approx(normalized_mutual_info_score([5, 5, 6, 7, 7], [0, 0, 0, 1, 1]))
+    assert stats["largest_cluster_ratio"] == pytest.approx(3 / 6)
+    assert stats["median_cluster_size"] == 2.5 and stats["multi_camera_share"] == 0.5  # cluster 1: camera 1 only
+    assert "loss" not in stats and "epoch" not in stats
+    assert set(monitored_statistics(row, labels, has_truth=False)) == {
+        "num_clusters", "outlier_ratio", "largest_cluster_ratio", "median_cluster_size", "size_gini",
+        "multi_camera_share", "label_churn"}
+
+
 def test_the_trainer_records_churn_and_cluster_shape_every_epoch(records, uninterrupted):  # noqa: F811
     _, result = uninterrupted
     camids = np.array([r.camid for r in records])
     assert np.isnan(result.history[0].label_churn)
     for epoch in range(1, len(result.history)):
-        previous, current = result.labels[epoch - 1], result.labels[epoch]
-        assert result.history[epoch].label_churn == pytest.approx(label_churn(previous, current))
-        assert result.history[epoch].multi_camera_share == pytest.approx(multi_camera_share(current, camids))
-        assert result.history[epoch].size_gini == pytest.approx(gini(np.bincount(current[current >= 0])))
-    assert result.embeddings["first"].shape == result.embeddings["last"].shape == (len(records), 512)
-    assert not np.array_equal(result.embeddings["first"], result.embeddings["last"])
+        previous, current, stats = result.labels[epoch - 1], result.labels[epoch], result.history[epoch]
+        both = (previous >= 0) & (current >= 0)
+        assert stats.label_churn == pytest.approx(1 - adjusted_rand_score(previous[both], current[both]))
+        members = {}  # cluster -> its samples, by literal counting
+        for i, label in enumerate(current.tolist()):
+            if label >= 0:
+                members.setdefault(label, []).append(i)
+        assert stats.num_clusters == len(members)
+        assert stats.outlier_ratio == pytest.approx(sum(label < 0 for label in current) / len(current))
+        assert stats.multi_camera_share == pytest.approx(
+            sum(len({camids[i] for i in m}) >= 2 for m in members.values()) / len(members))
+        sizes = [len(m) for m in members.values()]
+        assert stats.size_gini == pytest.approx(mean_abs_difference_gini(sizes))
+        assert stats.median_cluster_size == np.median(sizes)
 
 
-def test_sample_frame_agrees_with_trainer_purity():
-    rng = np.random.default_rng(1)
-    truth = rng.integers(0, 8, 200)
-    labels = np.where(rng.random(200) < 0.1, -1, (truth + (rng.random(200) < 0.3)) % 8)
-    frame = sample_frame(labels, truth)
-    assert frame["label_agrees"].mean() == pytest.approx(label_quality(labels, truth)["purity"])
-    assert frame["is_outlier"].mean() == pytest.approx((labels < 0).mean())
-    sizes = np.bincount(labels[labels >= 0])
-    assert frame["cluster_share"].max() == pytest.approx(sizes.max() / 200)
+def test_sample_frame_gives_each_sampled_image_its_cluster_size():
+    labels = np.array([0, 0, 1, -1, 1, 1, 2])
+    embeddings = np.arange(8, dtype=np.float32).reshape(4, 2)
+    frame = sample_frame(labels, np.array([0, 2, 3, 6]), embeddings)
+    assert list(frame.columns) == ["cluster_size", "emb_0", "emb_1"]
+    assert frame["cluster_size"].tolist() == [2, 3, 0, 1]  # an outlier's size is 0
+    np.testing.assert_array_equal(frame[["emb_0", "emb_1"]].to_numpy(), embeddings)
 
 
 def monitor_data(labels, truth, embeddings, previous=None, source="") -> MonitorData:
@@ -86,6 +123,14 @@ def monitor_data(labels, truth, embeddings, previous=None, source="") -> Monitor
     stats = {"num_clusters": float((sizes > 0).sum()), "outlier_ratio": float((labels < 0).mean()),
              "largest_cluster_ratio": float(sizes.max() / len(labels)), **stats}
     return MonitorData(stats, labels, truth, np.arange(len(labels)), embeddings, source)
+
+
+def gate_table(html: str) -> dict:
+    """The gate table widget of a saved report (evidently embeds its widgets as one JSON object)."""
+    widgets = json.loads(re.search(r"var metric_\w+ = (.*);\n\s*var additional_graphs", html).group(1))["widgets"]
+    tables = [w for group in widgets for w in group["widgets"] if w["title"].startswith("Pseudo-label gates")]
+    assert len(tables) == 1
+    return {"title": tables[0]["title"], "rows": {row[0]: row[1:] for row in tables[0]["params"]["data"]}}
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +143,36 @@ def healthy(request):
     return monitor_data(labels, truth, features, previous=labels, source="reference run")
 
 
-def test_a_healthy_run_passes_and_every_test_is_in_the_report(healthy, tmp_path):
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_healthy_run_passes_and_the_report_shows_each_gate(healthy, tmp_path):
     outcome = run_monitor_report(healthy, healthy, GATE, tmp_path / "ok.html")
     assert outcome.passed and outcome.failures == []
     assert {g.gate for g in outcome.gates} == {"max_outlier_ratio", "min_clusters", "max_largest_cluster_ratio",
                                                "max_label_churn", "min_nmi", "min_purity"}
-    assert len(outcome.tests) == 6 and all(t["status"] == "SUCCESS" for t in outcome.tests)
     assert outcome.drift["embedding_drift"] == pytest.approx(0.0, abs=1e-6)  # identical embeddings
+    assert outcome.drift["cluster_size_drift_method"] == "chi-square p_value"  # 3 distinct sizes: 0, 11, 12
+    assert outcome.drift["cluster_size_drift"] == pytest.approx(1.0)  # identical sizes
     html = (tmp_path / "ok.html").read_text()
-    assert "stat_label_churn" in html and "Drift in embeddings" in html
+    table = gate_table(html)
+    assert table["title"].startswith("Pseudo-label gates: PASSED (0 of 6 failed") and "reference run" in table["title"]
+    assert table["rows"]["num_clusters"] == ["10", "10", "monitor.min_clusters", ">= 3", "ok"]
+    assert table["rows"]["outlier_ratio"] == ["0.06667", "0.06667", "monitor.max_outlier_ratio", "<= 0.3", "ok"]
+    assert table["rows"]["size_gini"][2:] == ["", "", ""]  # shown next to the reference, not gated
+    assert "Drift in embeddings" in html and "chi-square p_value" in html
     json.dumps(outcome.as_dict())  # metrics/monitor.json must be writable as is
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_churn_without_value_is_shown_but_not_judged(healthy, tmp_path):
+    first = monitor_data(healthy.labels, healthy.truth, healthy.embeddings, previous=None, source="epoch 0")
+    assert np.isnan(first.statistics["label_churn"])  # a single epoch, or a first-epoch reference
+    outcome = run_monitor_report(first, first, GATE, tmp_path / "single.html")
+    assert outcome.passed and "max_label_churn" not in {g.gate for g in outcome.gates}
+    row = gate_table((tmp_path / "single.html").read_text())["rows"]["label_churn"]
+    assert row == ["nan", "nan", "monitor.max_label_churn", "<= 0.5", "not judged (no value)"]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize(("broken", "failed_gates"), [
     ("one_cluster", {"min_clusters", "max_largest_cluster_ratio", "min_nmi", "min_purity"}),
     ("all_but_few_outliers", {"max_outlier_ratio"}),
@@ -129,13 +192,27 @@ def test_a_broken_clustering_fails_the_gates_naming_gate_and_value(healthy, tmp_
     outcome = run_monitor_report(current, healthy, GATE, tmp_path / "bad.html")
     assert not outcome.passed
     assert {g.gate for g in outcome.gates if not g.passed} == failed_gates
-    failed = [t for t in outcome.tests if t["status"] != "SUCCESS"]
-    assert len(failed) == len(failed_gates)  # evidently's tests agree with the gates
+    table = gate_table((tmp_path / "bad.html").read_text())
+    assert table["title"].startswith(f"Pseudo-label gates: FAILED ({len(failed_gates)} of 6 failed")
+    assert {row[2].removeprefix("monitor.") for row in table["rows"].values() if row[-1] == "FAILED"} == failed_gates
     if broken == "one_cluster":
         assert "gate monitor.min_clusters FAILED: num_clusters = 1, must be >= 3" in outcome.failures
+        assert table["rows"]["num_clusters"] == ["1", "10", "monitor.min_clusters", ">= 3", "FAILED"]
+        assert outcome.drift["cluster_size_drift"] == pytest.approx(0.0)  # one size the reference never has
     if broken == "all_but_few_outliers":
         assert outcome.failures == ["gate monitor.max_outlier_ratio FAILED: outlier_ratio = 0.7, must be <= 0.3"]
     assert outcome.drift["embedding_drift"] > 0.01  # moved and shifted embeddings
+
+
+def test_cluster_size_drift_names_the_method_evidently_chose_for_the_row_count():
+    rng = np.random.default_rng(4)
+    definition = DataDefinition(numerical_columns=["cluster_size"])
+    for n, method in ((300, "K-S p_value"), (1500, "Wasserstein distance (normed)")):
+        current, reference = (Dataset.from_pandas(pd.DataFrame({"cluster_size": rng.integers(1, 100, n) * 1.0}),
+                                                  data_definition=definition) for _ in range(2))
+        drift = drift_scores(Report([ValueDrift(column="cluster_size")]).run(current, reference).dict())
+        assert drift["cluster_size_drift_method"] == method
+        assert 0 <= drift["cluster_size_drift"] <= 1 and drift["cluster_size_drift_threshold"] > 0
 
 
 def test_ground_truth_gates_are_skipped_when_the_data_has_no_identities(healthy):

@@ -64,3 +64,8 @@ def test_empty_section_and_wrong_shape_are_named():
         params_from_dict({"train": [1, 2]})
     with pytest.raises(ParamsError, match=r"^dsfnet\.finet\.enabled: expected bool, got 'yes'"):
         params_from_dict({"dsfnet": {"finet": {"enabled": "yes"}}})
+
+
+def test_out_of_range_method_setting_is_a_params_error():
+    with pytest.raises(ParamsError, match=r"dsfnet\.finet\.num_parts must be 2 or 3, got 4"):
+        params_from_dict({"dsfnet": {"finet": {"num_parts": 4}}})

@@ -5,17 +5,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipeline.params import load_params
+from pipeline.params import Params, flatten, load_params
 from pipeline.profiles import (
     PROFILES_DIR,
     ProfileError,
     apply_profile,
     available_profiles,
+    describe,
     load_profile,
     main,
     plan_profile,
+    render_profile,
 )
 
 REPO_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
@@ -39,6 +40,11 @@ def layout(text: str) -> list[str]:
     """Each line reduced to its indentation and key (blank and comment lines kept as they are)."""
     return [line if not line.strip() or line.lstrip().startswith("#") else line.split(":")[0] for line in
             text.splitlines()]
+
+
+def reset_keys() -> set[str]:
+    """The keys every apply resets to the default first: those any profile sets, and the two local paths."""
+    return set().union(*(load_profile(name) for name in available_profiles())) | {"dataset.root", "model.pretrained"}
 
 
 def bad_profile(tmp_path: Path, text: str) -> Path:
@@ -72,13 +78,12 @@ def test_market1501_sets_the_paper_values(params_file):
 
 @pytest.mark.parametrize("name", ["cpu-default", *PAPER_PROFILES])
 def test_every_profile_applies_and_holds_its_values(params_file, name):
+    before = flatten(load_params(params_file))
     apply_profile(name, params_file)
-    params = load_params(params_file)
-    for key, value in load_profile(name).items():
-        typed = params
-        for part in key.split("."):
-            typed = getattr(typed, part)
-        assert typed == (float(value) if isinstance(typed, float) else value), key
+    after, own, defaults = flatten(load_params(params_file)), load_profile(name), flatten(Params())
+    for key in after:  # its own values; every other profile key at its default; the rest as it was
+        expected = own[key] if key in own else defaults[key] if key in reset_keys() else before[key]
+        assert after[key] == (float(expected) if isinstance(after[key], float) else expected), key
     assert not [p for p in params_file.parent.iterdir() if p.name.startswith(".params.yaml")]  # no temp file left
 
 
@@ -102,20 +107,65 @@ def test_comments_key_order_and_blank_lines_survive(params_file, name):
     assert layout(after) == layout(before)
 
 
-def test_cpu_default_matches_the_repository_params():
-    """cpu-default is params.yaml's own values: a change to one must be made in the other too."""
-    drift = [(s.key, s.current, s.value) for s in plan_profile("cpu-default", REPO_PARAMS) if s.changes]
-    assert drift == []
+def test_cpu_default_holds_no_copy_of_the_defaults():
+    """The defaults live in the dataclasses: cpu-default sets at most the keys where it differs from them."""
+    defaults = flatten(Params())
+    assert [key for key, value in load_profile("cpu-default").items() if defaults[key] == value] == []
+    assert "CPU default" in describe("cpu-default")
+    settings = plan_profile("cpu-default", REPO_PARAMS)
+    assert {s.key for s in settings} == reset_keys()
+    assert all(s.value == defaults[s.key] for s in settings)
+
+
+def test_a_profile_of_comments_only_sets_nothing(tmp_path, params_file):
+    profiles = bad_profile(tmp_path, "\n# nothing else\n")
+    assert load_profile("bad", profiles) == {}
+    settings = plan_profile("bad", params_file, profiles_dir=profiles)  # no profile there sets a key
+    assert [(s.key, s.value, s.changes) for s in settings] == [("dataset.root", None, False),
+                                                               ("model.pretrained", None, False)]
+
+
+def test_msmt17_then_cpu_default_leaves_every_key_at_its_default(params_file):
+    before = flatten(load_params(params_file))
+    apply_profile("msmt17", params_file)
+    assert flatten(load_params(params_file)) != before
+    apply_profile("cpu-default", params_file)
+    defaults, after = flatten(Params()), flatten(load_params(params_file))
+    assert after == {key: defaults[key] if key in reset_keys() else before[key] for key in before}
+    assert comments(params_file.read_text()) == comments(REPO_PARAMS.read_text())
+    assert layout(params_file.read_text()) == layout(REPO_PARAMS.read_text())
+
+
+def test_profiles_are_order_independent(params_file, tmp_path):
+    alone = tmp_path / "alone" / "params.yaml"
+    alone.parent.mkdir()
+    shutil.copyfile(REPO_PARAMS, alone)
+    apply_profile("market1501", alone)
+    (tmp_path / "msmt").mkdir()
+    apply_profile("msmt17", params_file, root=tmp_path / "msmt")
+    apply_profile("market1501", params_file)  # resets msmt17's iters, eps and dataset.root too
+    assert params_file.read_bytes() == alone.read_bytes()
+    assert load_params(params_file).dataset.root is None
 
 
 def test_cpu_default_after_a_paper_profile_restores_the_file(params_file, tmp_path):
+    apply_profile("cpu-default", params_file)  # a no-op once params.yaml holds the dataclass defaults
     original = params_file.read_bytes()
     (tmp_path / "market").mkdir()
     apply_profile("market1501", params_file, root=tmp_path / "market")
     assert params_file.read_bytes() != original
     apply_profile("cpu-default", params_file)
-    assert yaml.safe_load(params_file.read_bytes()) == yaml.safe_load(original)
     assert params_file.read_bytes() == original  # inline comments went back to their columns too
+
+
+def test_floats_keep_the_profile_s_spelling(params_file, tmp_path):
+    profiles = bad_profile(tmp_path, "train:\n  lr: 3.0e-4\n  weight_decay: 1e-4\n")
+    text, changes = render_profile("bad", params_file, profiles_dir=profiles)  # not 0.0003, not 0.0001
+    assert "  lr: 3.0e-4\n" in text and "  weight_decay: 1e-4\n" in text
+    assert load_params(params_file).train.lr != 3e-4  # render does not write
+    apply_profile("bad", params_file, profiles_dir=profiles)
+    assert params_file.read_text() == text
+    assert (load_params(params_file).train.lr, load_params(params_file).train.weight_decay) == (3e-4, 1e-4)
 
 
 def test_root_inside_the_project_is_written_relative(params_file, tmp_path):
@@ -142,7 +192,7 @@ def test_apply_prints_the_changes_and_warns_without_pretrained_weights(params_fi
     assert "model.pretrained" in err and "ImageNet" in err
     assert main(["apply", "cpu-default", "--params", str(params_file)]) == 0
     out, err = capsys.readouterr()
-    assert "train.epochs: 50 → 12" in out and err == ""
+    assert f"train.epochs: 50 → {Params().train.epochs}" in out and err == ""
 
 
 def test_show_lists_the_keys_and_what_differs_without_writing(params_file, capsys):
@@ -152,6 +202,10 @@ def test_show_lists_the_keys_and_what_differs_without_writing(params_file, capsy
     assert re.search(r"train\.height = 224 +\(now 64", out)
     assert re.search(r"train\.gamma = 0\.1 +\(same\)", out)
     assert params_file.read_bytes() == before
+    assert main(["show", "cpu-default", "--params", str(params_file)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"model\.arch = {Params().model.arch} +\(", out) and "cluster.eps = " in out
+    assert re.search(rf"\d+ of {len(reset_keys())} values differ", out)
 
 
 def test_list_names_each_profile_with_its_purpose(capsys):
@@ -187,12 +241,24 @@ def test_typo_key_is_named_and_nothing_is_written(params_file, tmp_path, capsys)
     ("dsfnet:\n  finet:\n    num_parts: 4\n", r"dsfnet\.finet\.num_parts must be 2 or 3"),
     ("synthetic:\n  num_train_ids: 50\n", r"bad\.yaml sets synthetic\.num_train_ids, but .*params\.yaml does not hold"),
     ("train: 3\n", r"train: expected a mapping"),
+    ("- train\n", r"bad\.yaml: expected a mapping"),
+    ("train: {epochs: [\n", r"bad\.yaml is not valid YAML"),
 ])
 def test_invalid_profile_values_are_refused(params_file, tmp_path, text, message):
     profiles = bad_profile(tmp_path, text)
     before = params_file.read_bytes()
     with pytest.raises(ProfileError, match=message):
         apply_profile("bad", params_file, profiles_dir=profiles)
+    assert params_file.read_bytes() == before
+
+
+def test_a_broken_profile_next_to_a_good_one_is_refused(params_file, tmp_path):
+    """Every apply resets the keys all profiles set, so a broken one is named even when applying another."""
+    profiles = bad_profile(tmp_path, "cluster:\n  eps: wide\n")
+    shutil.copyfile(PROFILES_DIR / "market1501.yaml", profiles / "market1501.yaml")
+    before = params_file.read_bytes()
+    with pytest.raises(ProfileError, match=r"bad\.yaml: cluster\.eps: expected float"):
+        apply_profile("market1501", params_file, profiles_dir=profiles)
     assert params_file.read_bytes() == before
 
 
@@ -229,7 +295,7 @@ def test_quoted_values_empty_values_and_inline_comments(tmp_path):
     assert params.read_text().splitlines()[2:] == [
         "  root: d",
         "mlflow:",
-        "  tracking_uri: sqlite:///b.db        # quoted, with a hash inside",  # the comment keeps its column
+        '  tracking_uri: "sqlite:///b.db"      # quoted, with a hash inside',  # quotes and comment column kept
         "  experiment: a-much-longer-name # short gap",
     ]
     loaded = load_params(params)

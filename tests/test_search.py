@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dsfnet.checkpoint import load_checkpoint, save_checkpoint
 from dsfnet.data import ImageRecord, SyntheticConfig, generate_synthetic
-from dsfnet.features import extract_features
+from dsfnet.features import ImageLimits, extract_features
 from dsfnet.models import ModelConfig, build_model
-from pipeline.search import CACHE_DIRNAME, Searcher, main, strip_size
-from pipeline.serving import ReIDEmbedder, requirements, signature
+from dsfnet.visualize import BORDER, THUMB
+from pipeline.search import CACHE_DIRNAME, QueryError, Searcher, main
+from pipeline.serving import log_reid_model
 
 HEIGHT, WIDTH = 32, 16
 
@@ -61,7 +62,8 @@ def test_self_query_is_rank_one_and_scores_are_the_cosine_similarities(assets, t
     assert scores == sorted(scores, reverse=True)
     model, _ = load_checkpoint(ckpt)
     records = [ImageRecord(str(p), 0, 0) for p in searcher.paths]
-    features = extract_features(model, records, HEIGHT, WIDTH, batch_size=8, progress=False)
+    features = extract_features(model, records, HEIGHT, WIDTH, batch_size=searcher.batch_size, progress=False)
+    np.testing.assert_array_equal(searcher.embeddings, features)  # the evaluate stage's embeddings, bit for bit
     cosine = features @ features[searcher.paths.index(query)]
     for path, score in matches:
         assert score == pytest.approx(float(cosine[searcher.paths.index(path)]), abs=1e-4)
@@ -108,9 +110,15 @@ def test_unreadable_gallery_image_is_skipped_with_a_warning(assets, gallery, cap
     assert str(broken) in caplog.text
 
 
+def thumbnail(path: Path) -> np.ndarray:
+    """The crop as the strip should show it: fitted into THUMB, grey bands around it."""
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.pad(image.convert("RGB"), THUMB, color=(200, 200, 200)))
+
+
 def test_cli_prints_the_ranking_and_writes_the_png_strip(assets, gallery, tmp_path, capsys):
-    ckpt = assets[0]
-    query = jpgs(gallery)[3]
+    ckpt, _, query_dir = assets
+    query = jpgs(query_dir)[0]  # not in the gallery: its tile differs from every match's
     out = tmp_path / "strip.png"
 
     code = main(["--model", str(ckpt), "--gallery", str(gallery), "--query", str(query), "--top-k", "4",
@@ -119,12 +127,33 @@ def test_cli_prints_the_ranking_and_writes_the_png_strip(assets, gallery, tmp_pa
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f"query: {query}" and len(lines) == 2 + 4
-    rank, score, path = lines[2].split()
-    assert (rank, path) == ("1", str(query)) and float(score) == pytest.approx(1.0, abs=1e-4)
-    with Image.open(out) as strip:
-        assert strip.format == "PNG" and strip.size == strip_size(4)
-    assert strip_size(4)[0] == 5 * strip_size(0)[0]  # the query and 4 thumbnails, side by side
+    ranks, scores, paths = zip(*(line.split() for line in lines[2:]), strict=True)
+    assert ranks == ("1", "2", "3", "4") and list(scores) == sorted(scores, key=float, reverse=True)
+    expected = Searcher(ckpt).index(gallery, cache_dir=tmp_path / "cache").search(query, k=4)
+    assert list(paths) == [str(m.path) for m in expected]
     assert not (gallery / CACHE_DIRNAME).exists()  # --cache was honoured
+
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        strip = np.asarray(image.convert("RGB"))
+    shown = [query, *map(Path, paths)]  # what a reader expects: the query, then the matches best first
+    tile_w = strip.shape[1] // len(shown)
+    assert strip.shape[1] == len(shown) * tile_w and tile_w < strip.shape[0]  # N+1 equal tiles side by side
+    for i, path in enumerate(shown):
+        tile = strip[:, i * tile_w : (i + 1) * tile_w]
+        np.testing.assert_array_equal(tile[BORDER : BORDER + THUMB[1], BORDER : BORDER + THUMB[0]],
+                                      thumbnail(path), err_msg=f"tile {i} should show {path}")
+
+
+def test_images_over_the_servers_limits_are_refused_as_the_server_refuses_them(assets, gallery, caplog):
+    big = gallery / "big.png"
+    Image.new("RGB", (64, 64), (90, 20, 20)).save(big)
+    searcher = Searcher(assets[0])
+    searcher.limits = ImageLimits(max_pixels=32 * 32)  # the served model's `max_pixels`, scaled down
+    searcher.index(gallery, cache_dir=gallery.parent / "cache")
+    assert big not in searcher.paths and searcher.skipped == [(big, "64×64 pixels, over the 1,024 pixel limit")]
+    with pytest.raises(QueryError, match=r"cannot read query image .*big\.png: 64×64 pixels, over the 1,024"):
+        searcher.embed_query(big)
 
 
 def test_undecodable_query_fails_cleanly_naming_the_file(assets, tmp_path, capsys):
@@ -172,13 +201,10 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     return uri
 
 
-def test_mlflow_model_uri_searches_like_the_checkpoint_file(assets, tmp_path, mlflow_store, capsys):
+def test_mlflow_model_uri_searches_like_the_checkpoint_file(assets, tmp_path, mlflow_store, monkeypatch, capsys):
     ckpt, gallery_dir, query_dir = assets
-    model, _ = load_checkpoint(ckpt)
     with mlflow.start_run():  # as pipeline/stages/register.py logs it, with test-time flip switched on
-        mlflow.pyfunc.log_model(name="model", python_model=ReIDEmbedder(), artifacts={"checkpoint": str(ckpt)},
-                                signature=signature(model.embedding_dim), pip_requirements=requirements(),
-                                model_config={"flip": True}, registered_model_name="dsfnet-reid")
+        log_reid_model(ckpt, flip=True, registered_model_name="dsfnet-reid")
     MlflowClient().set_registered_model_alias("dsfnet-reid", "champion", "1")
     query = jpgs(query_dir)[0]
 
@@ -208,3 +234,14 @@ def test_mlflow_model_uri_searches_like_the_checkpoint_file(assets, tmp_path, ml
                  "--cache", str(tmp_path / "file")])
     err = capsys.readouterr().err
     assert code != 0 and "models:/no-such-model/1" in err and "Traceback" not in err
+
+    # no MLFLOW_TRACKING_URI: the store is params.yaml's `mlflow.tracking_uri`, else ./mlflow.db, as for the stages
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "mlflow.db").rename(tmp_path / "registry.db")
+    args = ["--model", "models:/dsfnet-reid/1", "--gallery", str(gallery_dir), "--query", str(query),
+            "--top-k", "8", "--cache", str(tmp_path / "file")]
+    assert main(args) == 2 and "no MLflow store at mlflow.db" in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text("mlflow:\n  tracking_uri: sqlite:///registry.db\n")
+    assert main(args) == 0
+    assert [line.split()[2] for line in capsys.readouterr().out.strip().splitlines()[2:]] == [
+        str(m.path) for m in file_matches]

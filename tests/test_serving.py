@@ -29,7 +29,6 @@ from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_features
 from dsfnet.models import ModelConfig, build_model
-from dsfnet.trainer import model_config_for
 from pipeline.serving import encode_image, log_reid_model
 
 HEIGHT, WIDTH = 32, 16
@@ -41,8 +40,8 @@ def registry(tmp_path_factory):
     """(working dir, tracking URI, query records) with models:/dsfnet-reid@champion registered."""
     root = tmp_path_factory.mktemp("serving")
     torch.manual_seed(0)
-    config = model_config_for(ModelConfig(), DSFNetConfig())
-    save_checkpoint(root / "model.pt", build_model(config), config, height=HEIGHT, width=WIDTH)
+    save_checkpoint(root / "model.pt", build_model(ModelConfig(), DSFNetConfig()), ModelConfig(), height=HEIGHT,
+                    width=WIDTH)
     data = generate_synthetic(root / "data", SyntheticConfig(profile="tiny", height=HEIGHT * 2, width=WIDTH * 2),
                               progress=False)
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -80,6 +79,14 @@ def test_local_predictions_equal_the_evaluate_stage_embeddings(registry, local_m
     np.testing.assert_allclose(by_path, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(by_bytes, axis=1), 1.0, atol=1e-5)
     assert local_model.metadata.metadata["embedding_dim"] == 3 * 512
+
+
+def test_the_model_is_logged_as_code_not_as_a_pickle(local_model):
+    from mlflow.models.model import MODEL_CODE_PATH
+
+    flavor = local_model.metadata.flavors["python_function"]
+    assert Path(flavor[MODEL_CODE_PATH]).name == "serving_model.py" and "python_model" not in flavor
+    assert set(flavor["artifacts"]) == {"checkpoint"} and flavor["config"]["flip"] is True
 
 
 def test_local_batches_are_chunked_without_changing_the_result(registry, local_model):

@@ -1,8 +1,8 @@
-"""Stage `monitor`: an evidently report on pseudo-label quality, with gates that `register` obeys.
+"""Stage `monitor`: pseudo-label gates that `register` obeys, and an evidently report of them and of drift.
 
 Writes reports/monitor/ (pseudo_labels.html, epochs.png, and the current/reference data the report was
 built from, so a result can be reproduced from the DVC cache) and metrics/monitor.json (every statistic,
-every test, every gate, the drift scores and `passed`).
+every gate, the drift scores with their methods, and `passed`).
 """
 
 from __future__ import annotations
@@ -116,12 +116,12 @@ def monitor(params: Params) -> None:
         plot_epochs(table, out / "epochs.png")
         current.save(out / "current.npz")
         reference.save(out / "reference.npz")
-    metrics = {**outcome.as_dict(), **{key: value for key, value in current.statistics.items()},
-               "epoch": int(table["epoch"].iloc[-1])}
-    write_json(metrics_file("monitor"), metrics)
+    write_json(metrics_file("monitor"), {**outcome.as_dict(), **current.statistics,
+                                         "epoch": int(table["epoch"].iloc[-1])})
     with mlflow.start_run(run_id=tracking.training_run_id()):
         mlflow.log_metrics({f"monitor.{k}": v for k, v in tracking.finite(
             {**current.statistics, **outcome.drift, "passed": float(outcome.passed)}).items()})
+        mlflow.set_tags({f"monitor.{k}": v for k, v in outcome.drift.items() if isinstance(v, str)})  # methods
         mlflow.log_artifact(str(MONITOR_REPORTS / "pseudo_labels.html"), artifact_path="reports")
         mlflow.log_artifact(str(MONITOR_REPORTS / "epochs.png"), artifact_path="reports")
         mlflow.log_artifact(str(MONITOR_REPORTS / "current.npz"), artifact_path="monitor")

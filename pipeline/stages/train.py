@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -60,9 +61,12 @@ def log_dataset_input(params: Params) -> None:
     manifest = pd.read_csv(MANIFEST)
     digest = lineage.dvc_data_hash() or lineage.sha256_file(MANIFEST)
     source = str(Path(params.dataset.root or PREPARED_DIR).resolve())  # a local path: MLflow resolves it
-    dataset = mlflow.data.from_pandas(manifest[manifest["split"] == "train"], source=source,
-                                      name=params.dataset.name, digest=digest[:36])
-    mlflow.log_input(dataset, context="training")
+    with warnings.catch_warnings():
+        # MLflow's hint for model schemas: identities and cameras are never missing
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning, "mlflow")
+        dataset = mlflow.data.from_pandas(manifest[manifest["split"] == "train"], source=source,
+                                          name=params.dataset.name, digest=digest[:36])
+        mlflow.log_input(dataset, context="training")
 
 
 def monitor_rows(num_samples: int, seed: int) -> np.ndarray:
