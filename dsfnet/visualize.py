@@ -1,7 +1,8 @@
-"""Pictures a person looks at to trust a model: rows of crops, e.g. rank lists with true/false matches marked."""
+"""Pictures a person looks at to trust data and a model: rows of crops (contact sheets, rank lists)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,4 +64,26 @@ def rank_list_figure(queries: Sequence[ImageRecord], gallery: Sequence[ImageReco
         cells = [(rec.path, colour, [f"{label} id{rec.pid} c{rec.camid}"])
                  for rec, colour, label in [(query, BLUE, "query"), *ranked]]
         sheet.paste(image_row(cells, thumb, border), (0, r * row_h + head))
+    return sheet
+
+
+def contact_sheet(records: Sequence[ImageRecord], num_ids: int = 8, per_id: int = 8,
+                  thumb: tuple[int, int] = THUMB) -> Image.Image:
+    """Rows are the first `num_ids` identities; each row shows images from as many cameras as possible."""
+    by_pid: dict[int, dict[int, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if record.pid > 0:
+            by_pid[record.pid][record.camid].append(record)
+    pids = sorted(by_pid)[:num_ids]
+    row_h = thumb[1] + LINE_H
+    sheet = Image.new("RGB", (per_id * thumb[0], max(1, len(pids)) * row_h), (255, 255, 255))
+    for row, pid in enumerate(pids):
+        cameras = [list(v) for _, v in sorted(by_pid[pid].items())]
+        picked: list[ImageRecord] = []
+        while len(picked) < per_id and any(cameras):  # one image per camera before any camera repeats
+            for pool in cameras:
+                if pool and len(picked) < per_id:
+                    picked.append(pool.pop(0))
+        cells = [(r.path, None, [f"id {pid} cam {r.camid}"]) for r in picked]
+        sheet.paste(image_row(cells, thumb, border=0), (0, row * row_h))
     return sheet

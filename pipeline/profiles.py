@@ -102,13 +102,11 @@ def _load(path: Path) -> tuple[str, Any]:
 
 
 def _check(data: dict, where: str) -> Params:
-    """Build and check Params from a mapping: the loader's types plus DSFNet's own range checks."""
+    """Params from a mapping, through the typed loader (types, unknown keys, DSFNet's ranges)."""
     try:
-        params = params_from_dict(data)
-        params.dsfnet.check()
-    except (ParamsError, ValueError) as error:
+        return params_from_dict(data)
+    except ParamsError as error:
         raise ProfileError(f"{where}: {error}") from None
-    return params
 
 
 def load_profile(name: str, profiles_dir: str | Path = PROFILES_DIR) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from dsfnet.data import (
     read_manifest,
     write_manifest,
 )
-from dsfnet.data.contact_sheet import contact_sheet
 from dsfnet.evaluation import compute_map_cmc, cosine_distance
+from dsfnet.visualize import contact_sheet
 
 TINY = SyntheticConfig(profile="tiny", num_train_ids=6, num_test_ids=5, num_cameras=4, cameras_per_id=3,
                        images_per_camera=3, num_distractors=3, num_junk=2, height=64, width=32, seed=7)
@@ -115,7 +115,7 @@ def test_synthetic_is_hard_where_real_reid_is_hard(tmp_path):
 def test_contact_sheet_shows_identities_across_cameras(synthetic):
     _, dataset = synthetic
     sheet = contact_sheet(dataset.train, num_ids=3, per_id=4, thumb=(32, 64))
-    assert sheet.size == (4 * 32, 3 * (64 + 12))
+    assert sheet.size == (4 * 32, 3 * (64 + 14))  # a 14-pixel label line under each crop
     pixels = np.asarray(sheet)
     assert pixels[:64, :32].std() > 5  # a real image was pasted in the first cell
 

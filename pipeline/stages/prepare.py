@@ -12,7 +12,7 @@ import logging
 import pandas as pd
 
 from dsfnet.data import DatasetError, available_datasets, generate_synthetic, load_dataset, write_manifest
-from dsfnet.data.contact_sheet import contact_sheet
+from dsfnet.visualize import contact_sheet
 from pipeline.cli import run_stage
 from pipeline.io import atomic_path, staged_dir, write_csv
 from pipeline.params import Params
