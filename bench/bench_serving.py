@@ -33,8 +33,9 @@ import torch
 from dsfnet.checkpoint import load_checkpoint, save_checkpoint
 from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
+from dsfnet.data.images import decode_image
 from dsfnet.data.transforms import build_test_transform
-from dsfnet.features import decode_image, embed_images
+from dsfnet.features import embed_images
 from dsfnet.models import ModelConfig, build_model
 from pipeline.serving import encode_image, log_reid_model
 

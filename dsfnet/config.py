@@ -1,6 +1,8 @@
-"""Switches and settings of DSFNet's three parts; all off is the Cluster Contrast baseline.
+"""Every setting of the method, as plain dataclasses (no torch import, so the params loader is cheap).
 
-docs/method.md gives the equation behind each field.
+The network, training and clustering settings, and the switches of DSFNet's three parts (all off is the
+Cluster Contrast baseline). Their defaults are the CPU default; docs/method.md gives the equation behind
+each DSFNet field.
 """
 
 from __future__ import annotations
@@ -9,6 +11,46 @@ from dataclasses import dataclass, field
 
 LAMBDA_MODES = ("schedule", "agreement")
 LINKAGES = ("complete", "average")  # SCNet's secondary clustering; single linkage would chain like DBSCAN
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"
+    pretrained: str | None = None  # local path to ImageNet weights (torchvision state_dict); no downloads
+    last_stride: int = 1
+    pooling: str = "avg"  # avg (paper) or gem (reference code default)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    iters: int = 40
+    batch_size: int = 64
+    num_instances: int = 4
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    step_size: int = 20
+    gamma: float = 0.1
+    temperature: float = 0.05
+    memory_momentum: float = 0.1
+    height: int = 64  # 256×128 in the paper setting
+    width: int = 32
+    workers: int = 0
+    feature_batch_size: int = 128
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
+    gpus: int = 1  # processes for the train stage: > 1 starts it under torchrun (DDP, one per GPU)
+    cache_images: bool = True  # with workers 0: keep every train image decoded and resized (H×W×3 bytes each)
+
+
+@dataclass
+class ClusterConfig:
+    k1: int = 30
+    k2: int = 6
+    eps: float = 0.5  # 0.6 in the paper (ImageNet-initialised); from scratch 0.5 keeps clusters purer
+    min_samples: int = 4
+    camera_norm: bool = True  # cluster on features minus their camera's mean (ours; the paper profiles set false)
 
 
 @dataclass

@@ -1,64 +1,23 @@
 """Embeddings: the one test-time forward that evaluation, the served model and search share.
 
-`embed_images` is the forward and `decode_image` the decoder with the server's limits: one function each, so
-an image is embedded alike whether it is evaluated, served or searched. The extractors batch records.
+`embed_images` is the forward (and `dsfnet.data.images.decode_image` the decoder with the server's limits):
+one function each, so an image is embedded alike whether it is evaluated, served or searched. The
+extractors batch records.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dsfnet.data.loader import ImageDataset, collate_images
 from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_test_transform
-
-
-class ImageDecodeError(ValueError):
-    """Bytes refused as an image; the message completes "<the input> is ..." (e.g. "not a readable image")."""
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What `decode_image` accepts: a bound on work and memory per image for input from outside."""
-
-    max_mb: float = 10.0
-    max_pixels: int = 25_000_000
-
-    @classmethod
-    def from_config(cls, config: Mapping) -> ImageLimits:
-        """From a served model's config (`max_image_mb`, `max_pixels`), the defaults where it says nothing."""
-        return cls(float(config.get("max_image_mb", cls.max_mb)), int(config.get("max_pixels", cls.max_pixels)))
-
-
-def decode_image(data: bytes, transform: Callable, limits: ImageLimits = ImageLimits()):
-    """`transform` of the RGB image in `data`; over-size input is refused before any pixel is decoded.
-
-    The pixel count comes from the header, so a small file that would unpack to a huge image costs nothing.
-    """
-    max_bytes = int(limits.max_mb * 1024 * 1024)
-    if len(data) > max_bytes:
-        raise ImageDecodeError(f"{len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > limits.max_pixels:
-                raise ImageDecodeError(f"{image.width}×{image.height} pixels, over the "
-                                       f"{limits.max_pixels:,} pixel limit")
-            return transform(image.convert("RGB"))
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:  # PIL's message names the in-memory buffer, which tells a user nothing
-        raise ImageDecodeError("not a readable image (unknown image format)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(f"not a readable image ({str(error).strip() or type(error).__name__})") from None
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
 from dsfnet.cluster.dbscan import camera_normalise
 from dsfnet.cluster.ddo import cluster_fused
 from dsfnet.cluster.scnet import HardProxies, secondary_clustering
-from dsfnet.config import DSFNetConfig
+from dsfnet.config import DSFNetConfig, TrainConfig
 from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, collate_images
 from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_train_transform
@@ -36,29 +36,6 @@ from dsfnet.label_stats import epoch_statistics
 from dsfnet.objective import DSFNetObjective
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 12
-    iters: int = 40
-    batch_size: int = 64
-    num_instances: int = 4
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    step_size: int = 20
-    gamma: float = 0.1
-    temperature: float = 0.05
-    memory_momentum: float = 0.1
-    height: int = 64  # 256×128 in the paper setting
-    width: int = 32
-    workers: int = 0
-    feature_batch_size: int = 128
-    seed: int = 1
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
-    gpus: int = 1  # processes for the train stage: > 1 starts it under torchrun (DDP, one per GPU)
-    cache_images: bool = True  # with workers 0: keep every train image decoded and resized (H×W×3 bytes each)
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from dsfnet.data.images import ImageLimits, decode_image
 from dsfnet.data.records import ImageRecord
-from dsfnet.features import ImageLimits, decode_image
 
 GREEN, RED, BLUE = (40, 170, 60), (210, 40, 40), (40, 90, 200)
 THUMB, BORDER, LINE_H = (64, 128), 4, 14  # a cell: the crop in a BORDER-wide frame, label lines LINE_H apart below

@@ -7,7 +7,6 @@ import logging
 import sys
 from collections.abc import Callable
 
-from dsfnet.cluster import NoClusterError
 from dsfnet.data import DatasetError
 from pipeline.params import Params, ParamsError, load_params
 
@@ -16,7 +15,7 @@ class StageFailed(RuntimeError):
     """A stage checked its input and refused it; the message says what and where."""
 
 
-USER_ERRORS = (DatasetError, ParamsError, StageFailed, FileNotFoundError, NoClusterError)
+USER_ERRORS = (DatasetError, ParamsError, StageFailed, FileNotFoundError)
 
 
 def run_stage(name: str, body: Callable[[Params], None], argv: list[str] | None = None) -> int:

@@ -19,11 +19,8 @@ from pathlib import Path
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from ruamel.yaml import YAML, YAMLError
 
-from dsfnet.cluster import ClusterConfig
-from dsfnet.config import DSFNetConfig
+from dsfnet.config import ClusterConfig, DSFNetConfig, ModelConfig, TrainConfig
 from dsfnet.data import SyntheticConfig
-from dsfnet.models import ModelConfig
-from dsfnet.trainer import TrainConfig
 
 
 class ParamsError(ValueError):

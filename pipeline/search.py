@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from dsfnet.atomic import atomic_path
 from dsfnet.checkpoint import load_checkpoint
+from dsfnet.data.images import ImageLimits, decode_image
 from dsfnet.data.transforms import build_test_transform
-from dsfnet.features import ImageLimits, decode_image, embed_images
+from dsfnet.features import embed_images
 from dsfnet.visualize import BLUE, image_row
 from pipeline.lineage import sha256_file
 

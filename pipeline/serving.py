@@ -30,8 +30,9 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from PIL import Image
 
 from dsfnet.checkpoint import load_checkpoint
+from dsfnet.data.images import ImageDecodeError, ImageLimits, decode_image
 from dsfnet.data.transforms import build_test_transform
-from dsfnet.features import ImageDecodeError, ImageLimits, decode_image, embed_images
+from dsfnet.features import embed_images
 from pipeline.batching import MicroBatcher
 
 INPUT_COLUMN = "image"

@@ -18,7 +18,8 @@ from PIL import Image, ImageOps
 
 from dsfnet.checkpoint import load_checkpoint, save_checkpoint
 from dsfnet.data import ImageRecord, SyntheticConfig, generate_synthetic
-from dsfnet.features import ImageLimits, extract_features
+from dsfnet.data.images import ImageLimits
+from dsfnet.features import extract_features
 from dsfnet.models import ModelConfig, build_model
 from dsfnet.visualize import BORDER, THUMB
 from pipeline.search import CACHE_DIRNAME, QueryError, Searcher, main

@@ -11,15 +11,7 @@ from sklearn.cluster import DBSCAN
 
 from dsfnet.cluster.jaccard import check_features, jaccard_distance
 from dsfnet.cluster.knn import knn
-
-
-@dataclass
-class ClusterConfig:
-    k1: int = 30
-    k2: int = 6
-    eps: float = 0.5  # 0.6 in the paper (ImageNet-initialised); from scratch 0.5 keeps clusters purer
-    min_samples: int = 4
-    camera_norm: bool = True  # cluster on features minus their camera's mean (ours; the paper profiles set false)
+from dsfnet.config import ClusterConfig
 
 
 class NoClusterError(ValueError):

@@ -8,7 +8,6 @@ The part branches are not user settings: `build_model(config, method)` derives t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,18 +16,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from dsfnet.config import DSFNetConfig
+from dsfnet.config import DSFNetConfig, ModelConfig
 from dsfnet.models.finet import IntegrationHead, integrate, part_features
 
 ARCHS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "resnet18"
-    pretrained: str | None = None  # local path to ImageNet weights (torchvision state_dict); no downloads
-    last_stride: int = 1
-    pooling: str = "avg"  # avg (paper) or gem (reference code default)
 
 
 class ReIDOutput(NamedTuple):

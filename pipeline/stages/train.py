@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dsfnet.checkpoint import save_checkpoint
+from dsfnet.cluster import NoClusterError
 from dsfnet.data import read_manifest
 from dsfnet.distributed import init_from_environment, is_main_process
 from dsfnet.models import build_model
@@ -126,9 +127,17 @@ def train_stage(params: Params) -> None:
     # every rank resumes from the same saved state (only rank 0 writes it), or they would fall out of step
     run = dict(model=model, records=dataset.train, config=params.train, cluster_config=params.cluster,
                method=params.dsfnet, state_path=RESUME_STATE, fingerprint=key, resume=resumed)
-    if not is_main_process():
-        train(**run, progress=False)
-        return
+    try:
+        if is_main_process():
+            train_with_tracking(params, dataset, run, resumed)
+        else:
+            train(**run, progress=False)
+    except NoClusterError as error:  # DBSCAN found nothing: the message says which setting to change
+        raise StageFailed(str(error)) from None
+
+
+def train_with_tracking(params: Params, dataset, run: dict, resumed: dict | None) -> None:
+    """Rank 0: train inside the MLflow run, then write models/, reports/train/ and metrics/train.json."""
     start = time.perf_counter()
     extra = resumed["extra"] if resumed else {"embeddings": {}}
     rows = monitor_rows(len(dataset.train), params.train.seed)
@@ -139,7 +148,7 @@ def train_stage(params: Params) -> None:
         extra["run_id"] = mlrun.info.run_id
         result = train(**run, on_epoch_end=epoch_logger(rows, extra["embeddings"]), extra=extra)
         total_s = time.perf_counter() - start
-        save_checkpoint(CHECKPOINT, model, params.model, params.train.height, params.train.width,
+        save_checkpoint(CHECKPOINT, run["model"], params.model, params.train.height, params.train.width,
                         extra={"dataset": params.dataset.name, "epochs": len(result.history),
                                "method": method_tag(params)})
         mlflow.log_metric("train_minutes", total_s / 60.0)
