@@ -66,22 +66,31 @@ def arrays(records):
     return np.array([r.pid for r in records]), np.array([r.camid for r in records])
 
 
-def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: ClusterConfig,
-            overrides: dict[str, object] | None = None) -> dict:
-    settings = method(variant, overrides)
-    seed_everything(seed)
-    model = build_model(ModelConfig(arch="resnet18"), settings)
-    start = time.perf_counter()
-    result = train(model, data.train, replace(config, seed=seed), cluster, settings, progress=False)
-    minutes = (time.perf_counter() - start) / 60
+def retrieval(model, data, config: TrainConfig) -> tuple[float, float]:
+    """(mAP, rank-1) in percent of flip-averaged features on the query × gallery protocol."""
     q = extract_features(model, data.query, config.height, config.width, flip=True, progress=False)
     g = extract_features(model, data.gallery, config.height, config.width, flip=True, progress=False)
     (qp, qc), (gp, gc) = arrays(data.query), arrays(data.gallery)
     mean_ap, cmc = compute_map_cmc(cosine_distance(q, g), qp, gp, qc, gc)
+    return 100 * mean_ap, 100 * float(cmc[0])
+
+
+def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: ClusterConfig,
+            overrides: dict[str, object] | None = None, model_config: ModelConfig | None = None) -> dict:
+    settings = method(variant, overrides)
+    seed_everything(seed)
+    model = build_model(model_config or ModelConfig(arch="resnet18"), settings)
+    start = time.perf_counter()
+    result = train(model, data.train, replace(config, seed=seed), cluster, settings, progress=False)
+    minutes = (time.perf_counter() - start) / 60
+    mean_ap, rank1 = retrieval(model, data, config)
     last = result.history[-1]
-    return {"variant": variant, "seed": seed, "mAP": 100 * mean_ap, "rank1": 100 * float(cmc[0]),
+    return {"variant": variant, "seed": seed, "mAP": mean_ap, "rank1": rank1,
             "purity": last.purity, "clusters": last.num_clusters, "pair_f1": _f1(last), "minutes": minutes,
-            "purity_per_epoch": [h.purity for h in result.history], "method": enabled_parts(settings)}
+            "purity_per_epoch": [h.purity for h in result.history],
+            "pair_precision_per_epoch": [h.pair_precision for h in result.history],
+            "pair_recall_per_epoch": [h.pair_recall for h in result.history],
+            "clusters_per_epoch": [h.num_clusters for h in result.history], "method": enabled_parts(settings)}
 
 
 def _f1(stats) -> float:
