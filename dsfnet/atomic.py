@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file that looks valid.
+"""Files: atomic writes (a crash mid-write never leaves a half-written file that looks valid) and content hashes.
 
 Every output of the library and of the pipeline is written through `atomic_path`: the writer fills a
 temp file in the destination folder (same suffix, so numpy/PIL/torch pick the right format), which
@@ -7,6 +7,7 @@ replaces the destination only when the writer returned without an error.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,3 +34,12 @@ def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
 def write_text(path: str | Path, text: str, newline: str | None = None) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline=newline) as handle:
         handle.write(text)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

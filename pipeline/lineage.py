@@ -12,7 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from dsfnet.atomic import sha256_file
 from pipeline.paths import MANIFEST, PREPARED_DIR
+
+__all__ = ["dvc_data_hash", "git_state", "lineage_tags", "params_hash", "sha256_file", "system_tags"]
 
 DVC_LOCK = Path("dvc.lock")
 
@@ -32,14 +35,6 @@ def git_state() -> dict[str, str]:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {"git.commit": commit, "git.dirty": str(bool(status)).lower()}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def params_hash(flat_params: dict[str, object]) -> str:

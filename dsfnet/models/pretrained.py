@@ -11,7 +11,6 @@ unless `model.allow_download` is true (and a network is there).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,6 +18,8 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
+
+from dsfnet.atomic import sha256_file
 
 IMAGENET = "imagenet"
 # torchvision's weights enum per architecture; IMAGENET1K_V1's url names the file in the hub cache
@@ -48,21 +49,13 @@ def torchvision_file(arch: str) -> Path:
     return hub_checkpoints() / Path(urlparse(torchvision_url(arch)).path).name
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_hash(path: str | Path) -> None:
     """The file's sha256 starts with the hex digits its name carries (torch.hub's check_hash), else an error."""
     path = Path(path)
     match = HASH_REGEX.search(path.name)
     if match is None or not match.group(1):
         raise ValueError(f"model.pretrained: {path.name} carries no sha256 prefix (name-<hex digits>.pth)")
-    prefix, digest = match.group(1), sha256_of(path)
+    prefix, digest = match.group(1), sha256_file(path)
     if not digest.startswith(prefix):
         raise ValueError(f"model.pretrained: {path} is corrupt or not the file its name promises: its sha256 "
                          f"starts {digest[:len(prefix)]}, its name says {prefix}; delete it and provide it again")
