@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsfnet.atomic import atomic_path
+from dsfnet.atomic import atomic_path, sha256_file
 from dsfnet.checkpoint import load_checkpoint
 from dsfnet.data.images import ImageLimits, decode_image
 from dsfnet.data.transforms import build_test_transform
 from dsfnet.features import embed_images
 from dsfnet.visualize import BLUE, image_row
-from pipeline.lineage import sha256_file
+from pipeline.params import ParamsError, tracking_uri
 
 log = logging.getLogger("pipeline.search")
 
@@ -97,10 +97,7 @@ def resolve_checkpoint(model: str | Path, workdir: Path) -> tuple[Path, dict]:
 
 
 def _tracking_store(uri: str) -> str:
-    """The stages' store (`pipeline.tracking.tracking_uri`); a missing sqlite file is an error, not a new store."""
-    from pipeline.params import ParamsError
-    from pipeline.tracking import tracking_uri
-
+    """The stages' store (`pipeline.params.tracking_uri`); a missing sqlite file is an error, not a new store."""
     try:
         store = tracking_uri()
     except ParamsError as error:
