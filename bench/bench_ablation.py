@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from dsfnet.cluster import ClusterConfig
@@ -76,13 +77,18 @@ def retrieval(model, data, config: TrainConfig) -> tuple[float, float]:
 
 
 def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: ClusterConfig,
-            overrides: dict[str, object] | None = None, model_config: ModelConfig | None = None) -> dict:
+            overrides: dict[str, object] | None = None, model_config: ModelConfig | None = None,
+            save_to: Path | None = None) -> dict:
+    """Train one variant and score it; `save_to` keeps the trained state dict (for bench/real/cluster_probe.py)."""
     settings = method(variant, overrides)
     seed_everything(seed)
     model = build_model(model_config or ModelConfig(arch="resnet18"), settings)
     start = time.perf_counter()
     result = train(model, data.train, replace(config, seed=seed), cluster, settings, progress=False)
     minutes = (time.perf_counter() - start) / 60
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), save_to)
     mean_ap, rank1 = retrieval(model, data, config)
     last = result.history[-1]
     return {"variant": variant, "seed": seed, "mAP": mean_ap, "rank1": rank1,

@@ -70,17 +70,24 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--size", default="128x64", help="training and test input HEIGHTxWIDTH")
     parser.add_argument("--eps", type=float, default=0.6)
+    parser.add_argument("--k1", type=int, default=30, help="k-reciprocal neighbourhood size of the clustering")
     parser.add_argument("--camera-norm", action="store_true", help="cluster on camera-normalised features")
+    parser.add_argument("--camera-penalty", type=float, default=0.0, help="cluster.camera_penalty")
     parser.add_argument("--set", nargs="*", default=[], metavar="PART.KEY=VALUE",
                         help="DSFNet settings for the variants that enable PART, e.g. scnet.sub_distance=0.7")
     parser.add_argument("--out", type=Path, default=Path("bench/results/real_cuhk03.json"))
+    parser.add_argument("--save-models", type=Path, metavar="DIR",
+                        help="keep each trained state dict as DIR/<init>-<variant>-seed<N>.pt")
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.lower().split("x"))
     config = TrainConfig(epochs=args.epochs, iters=args.iters, height=height, width=width, device="cpu")
-    cluster = ClusterConfig(eps=args.eps, camera_norm=args.camera_norm)
+    cluster = ClusterConfig(eps=args.eps, camera_norm=args.camera_norm, k1=args.k1,
+                            camera_penalty=args.camera_penalty)
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     method("full", overrides)  # a bad --set fails now, not after the first runs
     settings = " ".join([f"e{args.epochs}x{args.iters} {height}x{width} eps{args.eps} camera_norm={args.camera_norm}",
+                         *([f"k1={args.k1}"] if args.k1 != 30 else []),
+                         *([f"camera_penalty={args.camera_penalty}"] if args.camera_penalty else []),
                          *(f"{k}={v}" for k, v in sorted(overrides.items()))])
     data = load_dataset("folder", args.manifest)
     print(f"{args.manifest}: {len(data.train)} train, {len(data.query)} query, {len(data.gallery)} gallery; "
@@ -95,7 +102,8 @@ def main() -> None:
                        (init, variant, seed, settings, parts) for r in rows):
                     continue
                 row = (untrained(data, init, seed, config) if variant == "untrained" else
-                       run_one(data, variant, seed, config, cluster, overrides, INITS[init]))
+                       run_one(data, variant, seed, config, cluster, overrides, INITS[init],
+                               save_to=args.save_models and args.save_models / f"{init}-{variant}-seed{seed}.pt"))
                 rows.append({**row, "init": init, "settings": settings})
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{init:>8} {variant:>11} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "

@@ -52,6 +52,7 @@ class ClusterConfig:
     eps: float = 0.5  # 0.6 in the paper (ImageNet-initialised); from scratch 0.5 keeps clusters purer
     min_samples: int = 4
     camera_norm: bool = True  # cluster on features minus their camera's mean (ours; the paper profiles set false)
+    camera_penalty: float = 0.0  # same-camera neighbours count this much less similar in the kNN (ours; 0 = off)
 
 
 @dataclass

@@ -137,11 +137,12 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
         branches = {name: value if value is None or name == "weights" else camera_normalise(value, camids)
                     for name, value in branches.items()}
     if method.ddo.enabled:
-        fused = cluster_fused(branches["fused"], branches["parts"], cluster_config, method.ddo, epoch, epochs)
+        fused = cluster_fused(branches["fused"], branches["parts"], cluster_config, method.ddo, epoch, epochs,
+                              camids)
         pseudo = fused.pseudo
         extra.update(lambda_t=fused.lambda_t, agreement=fused.agreement)
     else:
-        pseudo = cluster_features(branches["global"], cluster_config)
+        pseudo = cluster_features(branches["global"], cluster_config, camids)
     if pseudo.num_clusters == 0:
         raise NoClusterError(
             f"epoch {epoch}: DBSCAN found no cluster among {len(pseudo.labels)} samples "

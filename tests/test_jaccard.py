@@ -81,3 +81,70 @@ def test_identical_features_form_one_cluster():
     pseudo = cluster_features(feats, ClusterConfig(k1=10, k2=3, eps=0.6, min_samples=4))
     assert pseudo.num_clusters == 1 and pseudo.num_outliers == 0
     assert set(pseudo.timings) == {"knn_s", "jaccard_s", "dbscan_s"}
+
+
+def brute_force_penalised_knn(features, k, camids, penalty):
+    sims = features @ features.T - penalty * (camids[:, None] == camids[None, :])
+    np.fill_diagonal(sims, 1.0)  # unit-norm rows: the sample itself, unpenalised, stays first
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, 1), order
+
+
+@pytest.mark.parametrize("backend_faiss", [True, False])
+def test_camera_penalised_knn_equals_brute_force(make_clustered, backend_faiss, monkeypatch):
+    import importlib
+
+    knn_module = importlib.import_module("dsfnet.cluster.knn")  # the package's `knn` name is the function
+
+    if not backend_faiss:
+        monkeypatch.setattr(knn_module, "faiss", None)
+    feats, _ = make_clustered(num_ids=6, per_id=12, dim=16, noise=0.5, seed=3)
+    camids = np.random.default_rng(0).integers(0, 3, len(feats))
+    sims, idx = knn_module.camera_penalised_knn(feats, 9, camids, 0.2)
+    ref_sims, ref_idx = brute_force_penalised_knn(feats, 9, camids, 0.2)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    assert (idx[:, 0] == np.arange(len(feats))).all()
+    assert (np.sort(idx, axis=1) == np.sort(ref_idx, axis=1)).mean() > 0.99  # ties may swap places
+    # no penalty: exactly the plain kNN (the default pipeline's numbers do not move)
+    plain = knn_module.knn(feats, 9)
+    penalised0 = knn_module.camera_penalised_knn(feats, 9, camids, 0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, penalised0, strict=True))
+
+
+def two_identities_two_cameras():
+    """Ten images of each identity in each camera; the camera's look is stronger than the identity's."""
+    rng = np.random.default_rng(1)
+    identity, camera = rng.normal(size=(2, 32)), 1.5 * rng.normal(size=(2, 32))
+    pid, camids = np.repeat([0, 1, 0, 1], 10), np.repeat([0, 0, 1, 1], 10)
+    x = identity[pid] + camera[camids] + 0.3 * rng.normal(size=(40, 32))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), pid, camids
+
+
+def test_camera_penalty_lets_clusters_cross_cameras():
+    """Two identities seen by two cameras whose look dominates: without the penalty DBSCAN groups by camera,
+    with it by identity."""
+    x, pid, camids = two_identities_two_cameras()
+    config = ClusterConfig(k1=10, k2=2, eps=0.6, min_samples=4)
+    from dsfnet.label_stats import label_quality, multi_camera_share
+
+    plain = cluster_features(x, config).labels
+    penalised = cluster_features(x, ClusterConfig(k1=10, k2=2, eps=0.6, min_samples=4, camera_penalty=1.0),
+                                 camids).labels
+    assert multi_camera_share(plain, camids) == 0.0
+    assert multi_camera_share(penalised, camids) == 1.0
+    assert label_quality(penalised, pid)["purity"] == 1.0  # one cluster per identity, both cameras in it
+    assert penalised.max() + 1 == 2
+    with pytest.raises(ValueError, match="cluster.camera_penalty needs the camera"):
+        cluster_features(x, ClusterConfig(camera_penalty=0.5, k1=10))
+    with pytest.raises(ValueError, match=r"cluster.camera_penalty must be in \[0, 2\)"):
+        cluster_features(x, ClusterConfig(camera_penalty=-0.1, k1=10), camids)
+
+
+def test_trainer_pseudo_labels_pass_the_cameras_to_the_penalised_clustering():
+    from dsfnet.config import DSFNetConfig
+    from dsfnet.trainer import pseudo_labels
+
+    x, pid, camids = two_identities_two_cameras()
+    config = ClusterConfig(k1=10, k2=2, eps=0.6, min_samples=4, camera_norm=False, camera_penalty=1.0)
+    labels = pseudo_labels({"global": x}, config, DSFNetConfig.baseline(), 0, 1, camids).labels
+    assert labels.max() + 1 == 2 and (labels[pid == 0] == labels[0]).all()

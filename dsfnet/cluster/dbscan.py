@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from sklearn.cluster import DBSCAN
 
 from dsfnet.cluster.jaccard import check_features, jaccard_distance
-from dsfnet.cluster.knn import knn
+from dsfnet.cluster.knn import camera_penalised_knn
 from dsfnet.config import ClusterConfig
 
 
@@ -30,6 +30,17 @@ class PseudoLabels:
     @property
     def num_outliers(self) -> int:
         return int((self.labels < 0).sum())
+
+
+def neighbours_for(x: np.ndarray, config: ClusterConfig, camids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The k1-NN lists the Jaccard distance starts from, camera-penalised when `cluster.camera_penalty` > 0."""
+    if not 0.0 <= config.camera_penalty < 2.0:
+        raise ValueError(f"cluster.camera_penalty must be in [0, 2), got {config.camera_penalty}")
+    if config.camera_penalty and camids is None:
+        raise ValueError("cluster.camera_penalty needs the camera of every sample")
+    if not config.camera_penalty:
+        camids = np.zeros(len(x), dtype=np.int64)
+    return camera_penalised_knn(x, config.k1, camids, config.camera_penalty)
 
 
 def check_dbscan_args(eps: float, min_samples: int) -> None:
@@ -71,14 +82,14 @@ def within(distance: sp.csr_matrix, eps: float) -> sp.csr_matrix:
     return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=distance.shape)
 
 
-def cluster_features(features: np.ndarray, config: ClusterConfig) -> PseudoLabels:
-    """kNN → k-reciprocal Jaccard → DBSCAN, timing each step."""
+def cluster_features(features: np.ndarray, config: ClusterConfig, camids: np.ndarray | None = None) -> PseudoLabels:
+    """kNN → k-reciprocal Jaccard → DBSCAN, timing each step (`camids`: for `cluster.camera_penalty`)."""
     check_dbscan_args(config.eps, config.min_samples)
     x = check_features(features)
     if not 1 <= config.k1 <= len(x):
         raise ValueError(f"cluster.k1={config.k1} must be in [1, N={len(x)}] (fewer samples than neighbours)")
     start = time.perf_counter()
-    neighbours = knn(x, config.k1)
+    neighbours = neighbours_for(x, config, camids)
     knn_s = time.perf_counter() - start
     start = time.perf_counter()
     distance = jaccard_distance(x, k1=config.k1, k2=config.k2, neighbours=neighbours)

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from dsfnet.cluster.dbscan import ClusterConfig, PseudoLabels, check_dbscan_args, dbscan_labels, within
+from dsfnet.cluster.dbscan import (
+    ClusterConfig,
+    PseudoLabels,
+    check_dbscan_args,
+    dbscan_labels,
+    neighbours_for,
+    within,
+)
 from dsfnet.cluster.jaccard import check_features, jaccard_distance
-from dsfnet.cluster.knn import knn
 from dsfnet.config import DDOConfig
 
 
@@ -63,7 +69,7 @@ class FusedClustering:
 
 
 def cluster_fused(fused: np.ndarray, parts: np.ndarray, config: ClusterConfig, ddo: DDOConfig, epoch: int,
-                  epochs: int) -> FusedClustering:
+                  epochs: int, camids: np.ndarray | None = None) -> FusedClustering:
     """DBSCAN pseudo-labels on the DDO distance of fused (N, D) and part (N, P, D) features."""
     check_dbscan_args(config.eps, config.min_samples)
     branches = [check_features(fused)] + [check_features(parts[:, p]) for p in range(parts.shape[1])]
@@ -71,7 +77,7 @@ def cluster_fused(fused: np.ndarray, parts: np.ndarray, config: ClusterConfig, d
     if not 1 <= config.k1 <= n:
         raise ValueError(f"cluster.k1={config.k1} must be in [1, N={n}] (fewer samples than neighbours)")
     start = time.perf_counter()
-    neighbours = [knn(x, config.k1) for x in branches]
+    neighbours = [neighbours_for(x, config, camids) for x in branches]
     knn_s = time.perf_counter() - start
     agreement = float(np.mean([neighbourhood_agreement(neighbours[0][1], nb[1]) for nb in neighbours[1:]]))
     lambda_t = dynamic_lambda(ddo, epoch, epochs, agreement)

@@ -48,6 +48,53 @@ def knn(features: np.ndarray, k: int, backend: str = "auto", batch_size: int = 4
     raise ValueError(f"unknown kNN backend {backend!r}; use 'auto', 'faiss' or 'torch'")
 
 
+def camera_penalised_knn(features: np.ndarray, k: int, camids: np.ndarray,
+                         penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """`knn` where a neighbour from the sample's own camera counts `penalty` less similar (the sample itself
+    keeps its similarity and stays first); the similarities returned are the penalised ones.
+
+    Exact: each camera's samples are searched against their own camera and against all others separately,
+    and the two lists merged. Why: with few cameras, same-camera look-alikes (background, light, viewpoint)
+    crowd every k-reciprocal set and clusters never cross cameras (docs/method.md).
+    """
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    camids = np.asarray(camids)
+    n = len(features)
+    if len(camids) != n:
+        raise ValueError(f"camids ({len(camids)}) must match features ({n})")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, N={n}], got {k}")
+    if penalty == 0:
+        return knn(features, k)
+    sims = np.empty((n, k), dtype=np.float32)
+    neighbours = np.empty((n, k), dtype=np.int64)
+    for camid in np.unique(camids):
+        own, other = np.flatnonzero(camids == camid), np.flatnonzero(camids != camid)
+        candidates_s, candidates_i = [], []
+        for pool, shift in ((own, penalty), (other, 0.0)):
+            if len(pool) == 0:
+                continue
+            index = faiss.IndexFlatIP(features.shape[1]) if faiss is not None else None
+            found_s, found_i = _search(index, features[pool], features[own], min(k, len(pool)))
+            candidates_s.append(found_s - shift)
+            candidates_i.append(pool[found_i])
+        s, i = np.concatenate(candidates_s, axis=1), np.concatenate(candidates_i, axis=1)
+        s[i == own[:, None]] += penalty  # the sample itself is not penalised
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        sims[own], neighbours[own] = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+    return sims, neighbours
+
+
+def _search(index, base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner products of `queries` in `base` (faiss index when given, else torch)."""
+    if index is not None:
+        index.add(np.ascontiguousarray(base))
+        sims, found = index.search(np.ascontiguousarray(queries), k)
+        return sims, found.astype(np.int64)
+    top = torch.topk(torch.from_numpy(queries) @ torch.from_numpy(base).T, k, dim=1)
+    return top.values.numpy(), top.indices.numpy()
+
+
 def knn_search(features: np.ndarray, k: int, backend: str = "auto", batch_size: int = 4096) -> np.ndarray:
     """Indices (N, k) of each row's k most similar rows (itself included), most similar first."""
     return knn(features, k, backend, batch_size)[1]

@@ -1,0 +1,114 @@
+"""How good are the first pseudo-labels? Cluster one network's train features over a grid of clustering
+settings and score them against the manifest's (monitoring-only) train ids, without training.
+
+    python bench/real/cluster_probe.py --manifest DIR/cuhk03.csv [--eps 0.4 0.5 0.6] [--k1 20 30] [--size 128x64]
+                                       [--checkpoint model.pt]
+
+The first epoch's labels decide what the network learns first; on real images they are the cheapest place
+to choose `cluster.eps`, `cluster.k1` and `cluster.camera_norm` (a grid here costs one feature pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsfnet.cluster.dbscan import camera_normalise, dbscan_labels, within
+from dsfnet.cluster.jaccard import jaccard_distance
+from dsfnet.cluster.knn import knn
+from dsfnet.cluster.scnet import secondary_clustering
+from dsfnet.config import DSFNetConfig, ModelConfig
+from dsfnet.data import load_dataset
+from dsfnet.features import extract_features
+from dsfnet.label_stats import label_quality, multi_camera_share
+from dsfnet.models import build_model
+
+
+def penalised_knn(x: np.ndarray, camids: np.ndarray, k: int, penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """kNN where a same-camera neighbour counts `penalty` less similar (self stays first)."""
+    if penalty == 0:
+        return knn(x, k)
+    sims, idx = knn(x, min(len(x), 4 * k))
+    same = camids[idx] == camids[:, None]
+    same[:, 0] = False  # the sample itself
+    ranked = np.where(same, sims - penalty, sims)
+    order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ranked, order, 1).astype(np.float32), np.take_along_axis(idx, order, 1)
+
+
+def row(labels: np.ndarray, truth: np.ndarray, camids: np.ndarray) -> str:
+    q = label_quality(labels, truth)
+    p, r = q["pair_precision"], q["pair_recall"]
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    largest = np.bincount(labels[labels >= 0]).max() if (labels >= 0).any() else 0
+    xp, xr = cross_camera_pairs(labels, truth, camids)
+    return (f"{labels.max() + 1:>8} {(labels < 0).sum():>8} {q['purity']:>6.3f} {p:>9.3f} {r:>6.3f} {f1:>5.3f} "
+            f"{multi_camera_share(labels, camids):>8.3f} {largest:>7} {xp:>6.3f} {xr:>6.3f}")
+
+
+def cross_camera_pairs(labels: np.ndarray, truth: np.ndarray, camids: np.ndarray) -> tuple[float, float]:
+    """Pairwise precision and recall over pairs from different cameras only: what cross-camera retrieval
+    learns from (a clustering of within-camera groups scores 0 recall here)."""
+    def pairs(keys: np.ndarray, rows: np.ndarray) -> float:
+        _, key_idx = np.unique(keys[rows], axis=0, return_inverse=True)
+        total = np.bincount(key_idx.ravel()).astype(np.float64)
+        return float((total * (total - 1) / 2).sum())
+    def cross(group: np.ndarray, rows: np.ndarray) -> float:  # pairs within group minus pairs within group×camera
+        return pairs(group[:, None], rows) - pairs(np.stack([group, camids], 1), rows)
+    kept = np.flatnonzero(labels >= 0)
+    together = cross(labels * (truth.max() + 1) + truth, kept)
+    predicted, actual = cross(labels, kept), cross(truth, np.arange(len(truth)))
+    return (together / predicted if predicted else 0.0), (together / actual if actual else 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--arch", default="mobilenet_v2")
+    parser.add_argument("--pretrained", default="imagenet")
+    parser.add_argument("--checkpoint", type=Path, help="a state dict to load (bench_real.py --save-models)")
+    parser.add_argument("--variant", choices=["baseline", "full"], default="baseline",
+                        help="the network the checkpoint was trained as (full: with FINet's part branches)")
+    parser.add_argument("--size", default="128x64")
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.4, 0.5, 0.6])
+    parser.add_argument("--k1", type=int, nargs="+", default=[20, 30])
+    parser.add_argument("--k2", type=int, default=6)
+    parser.add_argument("--min-samples", type=int, default=4)
+    parser.add_argument("--camera-norm", type=int, nargs="+", default=[0, 1], choices=[0, 1])
+    parser.add_argument("--camera-penalty", type=float, nargs="+", default=[0.0],
+                        help="lower same-camera similarities by this much before the k-reciprocal search")
+    parser.add_argument("--sub-distances", type=float, nargs="*", default=[],
+                        help="also score SCNet's split of each clustering at these sub_distance values")
+    args = parser.parse_args()
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    data = load_dataset("folder", args.manifest)
+    settings = DSFNetConfig.baseline() if args.variant == "baseline" else DSFNetConfig()
+    model = build_model(replace(ModelConfig(), arch=args.arch, pretrained=args.pretrained, last_stride=1), settings)
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+    start = time.perf_counter()
+    features = extract_features(model, data.train, height, width, progress=False)
+    print(f"{len(features)} train features {features.shape[1]}-d in {time.perf_counter() - start:.0f} s")
+    truth = np.array([r.pid for r in data.train])
+    camids = np.array([r.camid for r in data.train])
+    print(f"{'camnorm':>7} {'pen':>4} {'k1':>3} {'eps':>5} {'clusters':>8} {'outliers':>8} {'purity':>6} "
+          f"{'precision':>9} {'recall':>6} {'F1':>5} {'multicam':>8} {'largest':>7}")
+    for camera_norm, k1, penalty in itertools.product(args.camera_norm, args.k1, args.camera_penalty):
+        x = camera_normalise(features, camids) if camera_norm else features
+        distance = jaccard_distance(x, k1=k1, k2=args.k2, neighbours=penalised_knn(x, camids, k1, penalty))
+        for eps in args.eps:
+            labels = dbscan_labels(within(distance, eps), eps, args.min_samples)
+            print(f"{camera_norm!s:>7} {penalty:>4.2f} {k1:>3} {eps:>5.2f} {row(labels, truth, camids)}", flush=True)
+            for sub_distance in args.sub_distances:
+                split = secondary_clustering(x, labels, sub_distance, min_size=4).assignment
+                print(f"{'  SCNet':>7} {sub_distance:>4.2f} {'':>9} {row(split, truth, camids)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
