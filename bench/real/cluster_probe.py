@@ -21,25 +21,13 @@ import torch
 
 from dsfnet.cluster.dbscan import camera_normalise, dbscan_labels, within
 from dsfnet.cluster.jaccard import jaccard_distance
-from dsfnet.cluster.knn import knn
+from dsfnet.cluster.knn import camera_penalised_knn
 from dsfnet.cluster.scnet import secondary_clustering
 from dsfnet.config import DSFNetConfig, ModelConfig
 from dsfnet.data import load_dataset
 from dsfnet.features import extract_features
 from dsfnet.label_stats import label_quality, multi_camera_share
 from dsfnet.models import build_model
-
-
-def penalised_knn(x: np.ndarray, camids: np.ndarray, k: int, penalty: float) -> tuple[np.ndarray, np.ndarray]:
-    """kNN where a same-camera neighbour counts `penalty` less similar (self stays first)."""
-    if penalty == 0:
-        return knn(x, k)
-    sims, idx = knn(x, min(len(x), 4 * k))
-    same = camids[idx] == camids[:, None]
-    same[:, 0] = False  # the sample itself
-    ranked = np.where(same, sims - penalty, sims)
-    order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(ranked, order, 1).astype(np.float32), np.take_along_axis(idx, order, 1)
 
 
 def row(labels: np.ndarray, truth: np.ndarray, camids: np.ndarray) -> str:
@@ -101,7 +89,7 @@ def main() -> None:
           f"{'precision':>9} {'recall':>6} {'F1':>5} {'multicam':>8} {'largest':>7}")
     for camera_norm, k1, penalty in itertools.product(args.camera_norm, args.k1, args.camera_penalty):
         x = camera_normalise(features, camids) if camera_norm else features
-        distance = jaccard_distance(x, k1=k1, k2=args.k2, neighbours=penalised_knn(x, camids, k1, penalty))
+        distance = jaccard_distance(x, k1=k1, k2=args.k2, neighbours=camera_penalised_knn(x, k1, camids, penalty))
         for eps in args.eps:
             labels = dbscan_labels(within(distance, eps), eps, args.min_samples)
             print(f"{camera_norm!s:>7} {penalty:>4.2f} {k1:>3} {eps:>5.2f} {row(labels, truth, camids)}", flush=True)

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from sklearn.cluster import DBSCAN
 
 from dsfnet.cluster.jaccard import check_features, jaccard_distance
-from dsfnet.cluster.knn import camera_penalised_knn
+from dsfnet.cluster.knn import camera_penalised_knn, knn
 from dsfnet.config import ClusterConfig
 
 
@@ -39,7 +39,7 @@ def neighbours_for(x: np.ndarray, config: ClusterConfig, camids: np.ndarray | No
     if config.camera_penalty and camids is None:
         raise ValueError("cluster.camera_penalty needs the camera of every sample")
     if not config.camera_penalty:
-        camids = np.zeros(len(x), dtype=np.int64)
+        return knn(x, config.k1)
     return camera_penalised_knn(x, config.k1, camids, config.camera_penalty)
 
 
