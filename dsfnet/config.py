@@ -86,6 +86,7 @@ class SCNetConfig:
     lambda_hard: float = 0.5  # weight of the hard-proxy contrastive term
     positive: str = "own"  # own (the sample's proxy) | hardest (the least similar proxy of its cluster)
     own_negatives: bool = False  # the other proxies of the own cluster are negatives too (keeps sub-clusters apart)
+    rejoin_views: bool = False  # a sub-cluster seen only by cameras its core never saw rejoins the core (a view)
 
     def check(self) -> None:
         if self.linkage not in LINKAGES:

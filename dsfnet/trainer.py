@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +153,10 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
         start = time.perf_counter()
         main = branches["fused"] if (method.finet.enabled or method.ddo.enabled) else branches["global"]
         scnet = method.scnet
+        if scnet.rejoin_views and camids is None:
+            raise ValueError("dsfnet.scnet.rejoin_views needs the camera of every sample")
         proxies = secondary_clustering(main, pseudo.labels, scnet.sub_distance, scnet.min_sub_size, scnet.linkage,
-                                       scnet.inter_margin)
+                                       scnet.inter_margin, camids if scnet.rejoin_views else None)
         pseudo.timings["dbscan_s"] += time.perf_counter() - start
         extra.update(proxies.stats(), primary_clusters=pseudo.num_clusters)
         if scnet.split:  # every sub-cluster is a pseudo-identity: DBSCAN's chained clusters come apart
@@ -376,8 +378,12 @@ def train(
     check_model_matches(model, method)
     session = setup(model, config, method)
     camids = np.array([r.camid for r in records])
+    if cluster_config.camera_norm and len(np.unique(camids)) < 2:
+        log.info("cluster.camera_norm skipped: every training image comes from one camera, so subtracting "
+                 "its mean would only shift every feature alike")
+        cluster_config = replace(cluster_config, camera_norm=False)
     truth = np.array([r.pid for r in records])
-    truth = truth if (truth >= 0).all() else None
+    truth = truth if (truth >= 0).all() else None  # unlabelled (own data): no ground-truth scores
     # decoded images shared by every epoch's loader; worker processes would each rebuild it every epoch
     image_cache: dict | None = {} if config.cache_images and config.workers == 0 else None
     first_epoch, result = restore(session, resume) if resume is not None else (0, TrainResult([], []))

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from dsfnet.data.images import ImageLimits, decode_image
-from dsfnet.data.records import ImageRecord
+from dsfnet.data.records import UNLABELLED, ImageRecord
 
 GREEN, RED, BLUE = (40, 170, 60), (210, 40, 40), (40, 90, 200)
 THUMB, BORDER, LINE_H = (64, 128), 4, 14  # a cell: the crop in a BORDER-wide frame, label lines LINE_H apart below
@@ -69,21 +69,29 @@ def rank_list_figure(queries: Sequence[ImageRecord], gallery: Sequence[ImageReco
 
 def contact_sheet(records: Sequence[ImageRecord], num_ids: int = 8, per_id: int = 8,
                   thumb: tuple[int, int] = THUMB) -> Image.Image:
-    """Rows are the first `num_ids` identities; each row shows images from as many cameras as possible."""
+    """Rows are the first `num_ids` identities; each row shows images from as many cameras as possible.
+    Unlabelled crops (own data) are shown a row per camera instead."""
     by_pid: dict[int, dict[int, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         if record.pid > 0:
             by_pid[record.pid][record.camid].append(record)
-    pids = sorted(by_pid)[:num_ids]
-    row_h = thumb[1] + LINE_H
-    sheet = Image.new("RGB", (per_id * thumb[0], max(1, len(pids)) * row_h), (255, 255, 255))
-    for row, pid in enumerate(pids):
+    rows: list[list[tuple]] = []
+    for pid in sorted(by_pid)[:num_ids]:
         cameras = [list(v) for _, v in sorted(by_pid[pid].items())]
         picked: list[ImageRecord] = []
         while len(picked) < per_id and any(cameras):  # one image per camera before any camera repeats
             for pool in cameras:
                 if pool and len(picked) < per_id:
                     picked.append(pool.pop(0))
-        cells = [(r.path, None, [f"id {pid} cam {r.camid}"]) for r in picked]
+        rows.append([(r.path, None, [f"id {pid} cam {r.camid}"]) for r in picked])
+    if not rows:  # no identities: the first crops of each camera
+        by_camera: dict[int, list[ImageRecord]] = defaultdict(list)
+        for record in records:
+            if record.pid == UNLABELLED and len(by_camera[record.camid]) < per_id:
+                by_camera[record.camid].append(record)
+        rows = [[(r.path, None, [f"cam {camid}"]) for r in by_camera[camid]] for camid in sorted(by_camera)[:num_ids]]
+    row_h = thumb[1] + LINE_H
+    sheet = Image.new("RGB", (per_id * thumb[0], max(1, len(rows)) * row_h), (255, 255, 255))
+    for row, cells in enumerate(rows):
         sheet.paste(image_row(cells, thumb, border=0), (0, row * row_h))
     return sheet

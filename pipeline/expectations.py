@@ -75,6 +75,9 @@ def derive_columns(manifest: pd.DataFrame, params: ValidateParams) -> pd.DataFra
         split != "query" or bool(gallery_cams.get(pid, set()) - {cam})
         for split, pid, cam in zip(frame["split"], frame["pid"], frame["camid"], strict=True)
     ]
+    # the Market protocol skips a query without a cross-camera match; evaluation needs at least one with one
+    frame["evaluable_query"] = ((frame["split"] == "query") & frame["has_cross_camera_match"]).astype(int)
+    frame["test_pid_missing"] = frame["split"].isin(["query", "gallery"]) & frame["pid"].isna()
     frame["id_in_train_and_test"] = [
         pid in (test_ids if split == "train" else train_ids) and pid > 0
         for split, pid in zip(frame["split"], frame["pid"], strict=True)
@@ -97,13 +100,16 @@ def manifest_checks(frame: pd.DataFrame, dataset_name: str, num_cameras: int | N
     cameras = num_cameras or (int(frame["camid"].max()) + 1 if len(frame) else 1)
     checks = [
         Check(f"not_null_{c}", gxe.ExpectColumnValuesToNotBeNull(column=c, description=f"{c} is missing"))
-        for c in ("path", "pid", "camid", "split")
+        for c in ("path", "camid", "split")
     ]
     checks += [
+        Check("test_pids_present", gxe.ExpectColumnValuesToBeInSet(
+            column="test_pid_missing", value_set=[False],
+            description="query or gallery image without an identity (only train images may be unlabelled)")),
         Check("split_names", gxe.ExpectColumnValuesToBeInSet(
             column="split", value_set=SPLITS, description="split is not train, query or gallery")),
-        Check("no_empty_split", gxe.ExpectColumnDistinctValuesToContainSet(
-            column="split", value_set=SPLITS, description="a split (train, query or gallery) is empty")),
+        Check("train_present", gxe.ExpectColumnDistinctValuesToContainSet(
+            column="split", value_set=["train"], description="the train split is empty")),
         Check("pid_range", gxe.ExpectColumnValuesToBeBetween(
             column="pid", min_value=0, max_value=99_999, description="pid outside 0..99999")),
         Check("camid_range", gxe.ExpectColumnValuesToBeBetween(
@@ -125,8 +131,8 @@ def manifest_checks(frame: pd.DataFrame, dataset_name: str, num_cameras: int | N
             column="duplicate_across_splits", value_set=[False],
             description="the same image bytes appear in more than one split")),
         Check("query_has_cross_camera_match", gxe.ExpectColumnValuesToBeInSet(
-            column="has_cross_camera_match", value_set=[True],
-            description="query identity has no gallery image from another camera")),
+            column="has_cross_camera_match", value_set=[True], severity="warning",
+            description="query identity has no gallery image from another camera (evaluation skips the query)")),
         Check("train_test_ids_disjoint", gxe.ExpectColumnValuesToBeInSet(
             column="id_in_train_and_test", value_set=[False],
             description="identity appears in both train and test")),
@@ -137,6 +143,16 @@ def manifest_checks(frame: pd.DataFrame, dataset_name: str, num_cameras: int | N
             column="camera_images", min_value=params.min_images_per_camera, severity="warning",
             description=f"camera has fewer than {params.min_images_per_camera} images in this split")),
     ]
+    if frame["split"].isin(["query", "gallery"]).any():  # a test split is optional; half of one is not
+        checks += [
+            Check("query_and_gallery", gxe.ExpectColumnDistinctValuesToContainSet(
+                column="split", value_set=["query", "gallery"],
+                description="a test split needs both query and gallery images (or neither)")),
+            Check("some_query_evaluable", gxe.ExpectColumnMaxToBeBetween(
+                column="evaluable_query", min_value=1,
+                description="no query has a gallery image of its identity from another camera: "
+                            "nothing can be evaluated")),
+        ]
     if dataset_name in MARKET_LAYOUT_DATASETS:
         checks.append(Check("market_file_names", gxe.ExpectColumnValuesToMatchRegex(
             column="file_name", regex=MARKET_NAME.pattern.replace("(", "(?:"),  # no groups: pandas warns on them

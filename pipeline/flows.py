@@ -122,7 +122,9 @@ def reports(project_dir: Path, names: tuple[str, ...]) -> list[tuple[str, Path]]
 def summary_lines(project_dir: Path, results: dict[str, dict]) -> list[str]:
     lines = []
     evaluation = results.get("evaluate")
-    if evaluation:
+    if evaluation and not evaluation.get("evaluated", True):
+        lines.append(f"evaluation: not evaluated ({evaluation.get('reason')})")
+    elif evaluation:
         lines.append("evaluation: mAP {mAP:.1f}%  rank-1 {rank1:.1f}%  rank-5 {rank5:.1f}%  rank-10 {rank10:.1f}%"
                      .format(**evaluation))
     monitor = results.get("monitor")

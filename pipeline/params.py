@@ -74,6 +74,9 @@ class RegisterParams:
     alias: str = "champion"
     min_map: float = 1.0  # percent; below it the model is not registered
     min_rank1: float = 1.0  # percent
+    # a model that could not be evaluated (own data without a labelled query/gallery): true refuses it;
+    # false registers it on the validate and monitor gates alone, never as champion over an evaluated version
+    require_evaluation: bool = True
 
 
 @dataclass

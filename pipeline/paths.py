@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+DATASET_SNAPSHOT = Path("data/dataset_snapshot.json")  # a listing fingerprint of dataset.root (stage snapshot)
 PREPARED_DIR = Path("data/prepared")
 SYNTHETIC_DIR = PREPARED_DIR / "synthetic"
 MANIFEST = PREPARED_DIR / "manifest.csv"

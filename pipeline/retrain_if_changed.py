@@ -5,8 +5,9 @@
 Asks `dvc status --json`; when every stage is up to date it prints "up to date" and exits 0 without
 starting anything. Otherwise it names what changed and runs the Prefect flow, which re-runs the stale
 stages (DVC skips the rest) and lets `register` consider the new model; the exit code is the flow's.
-Local datasets belong under data/raw/ (the prepare stage depends on that folder), so a changed image
-there re-runs the pipeline from `prepare`.
+The `snapshot` stage is run first: it lists `dataset.root` wherever it lives, so a changed, added or removed
+image there shows up as a changed dependency of `prepare` (the stage itself is always "changed" and is not
+counted).
 """
 
 from __future__ import annotations
@@ -18,16 +19,26 @@ import sys
 from pathlib import Path
 
 
-def dvc_status(project_dir: Path) -> dict:
-    """`dvc status --json`: {stage or file: [what changed, ...]}; empty when everything is up to date."""
+def _dvc(project_dir: Path, *args: str) -> str:
     from pipeline.flows import stage_env
 
-    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project_dir, capture_output=True,
-                            text=True, env=stage_env())
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, capture_output=True, text=True,
+                            env=stage_env())
     if result.returncode != 0:
-        raise RuntimeError(f"dvc status failed in {project_dir}: {result.stderr.strip() or result.stdout.strip()}")
-    text = result.stdout.strip()
-    return json.loads(text[text.index("{"):]) if "{" in text else {}
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {project_dir}: "
+                           f"{result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout.strip()
+
+
+def dvc_status(project_dir: Path) -> dict:
+    """`dvc status --json` after a fresh dataset snapshot: {stage or file: [what changed, ...]}; empty when
+    everything is up to date."""
+    _dvc(project_dir, "repro", "--single-item", "snapshot")
+    text = _dvc(project_dir, "status", "--json")
+    status = json.loads(text[text.index("{"):]) if "{" in text else {}
+    if status.get("snapshot") == ["always changed"]:
+        del status["snapshot"]
+    return status
 
 
 def describe(status: dict) -> list[str]:

@@ -49,7 +49,8 @@ def make_project(dest: Path, **sections) -> Path:
         source, target = PROJECT_ROOT / name, dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "prepared"))
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "prepared",
+                                                                         "dataset_snapshot.json"))
         else:
             shutil.copy2(source, target)
     write_params(dest, **sections)
@@ -63,5 +64,18 @@ def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     """DVC as a user runs it, with this interpreter's environment first on PATH (stages call `python`)."""
     from pipeline.flows import stage_env
 
+    env = stage_env()
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store (params.yaml), whatever a test left set
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
-                          env=stage_env())
+                          env=env)
+
+
+def stale(project: Path) -> dict:
+    """`dvc status --json` without the snapshot stage, which is "always changed" by design (dvc.yaml)."""
+    import json
+
+    result = dvc(project, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status.pop("snapshot") == ["always changed"]
+    return status

@@ -197,6 +197,48 @@ def test_split_labels_mask_sibling_sub_clusters_unless_they_are_negatives(siblin
     assert float(loss) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
 
 
+def test_rejoin_views_merges_only_sub_clusters_from_cameras_the_core_never_saw():
+    # one cluster, three modes: a core (6, cameras 0 and 1), a mode seen only by camera 2 (a view of the
+    # same person) and a mode seen by camera 1 (shared with the core: another person in a camera the core has)
+    features = np.concatenate([_around([1, 0, 0, 0], 6, 0), _around([0, 1, 0, 0], 4, 1),
+                               _around([0, 0, 1, 0], 4, 2)])
+    labels = np.zeros(14, dtype=np.int64)
+    camids = np.array([0, 1, 0, 1, 0, 1] + [2] * 4 + [1, 3, 3, 3])
+    split = secondary_clustering(features, labels, sub_distance=0.5, min_size=4)
+    assert len(split.proxies) == 3
+    merged = secondary_clustering(features, labels, sub_distance=0.5, min_size=4, camids=camids)
+    groups = [np.flatnonzero(merged.assignment == p).tolist() for p in range(len(merged.proxies))]
+    assert groups == [list(range(10)), list(range(10, 14))]
+    np.testing.assert_array_equal(np.flatnonzero(merged.intra_hard), np.arange(10, 14))
+    core_mean = features[:10].mean(0)
+    np.testing.assert_allclose(merged.proxies[0], core_mean / np.linalg.norm(core_mean), atol=1e-6)
+    with pytest.raises(ValueError, match="camids"):
+        secondary_clustering(features, labels, camids=camids[:5])
+
+
+def test_rejoin_views_reaches_the_trainers_pseudo_labels():
+    from dsfnet.cluster import ClusterConfig, cluster_features
+    from dsfnet.trainer import pseudo_labels
+
+    # the same three modes, close enough for DBSCAN to chain them into one primary cluster
+    features = np.concatenate([_around([1, .4, .4, 0], 6, 0), _around([.4, 1, .4, 0], 4, 1),
+                               _around([.4, .4, 1, 0], 4, 2)])
+    camids = np.array([0, 1, 0, 1, 0, 1] + [2] * 4 + [1, 3, 3, 3])
+    branches = {"global": features, "parts": None, "fused": None}
+    cluster = ClusterConfig(k1=13, k2=1, eps=0.9, min_samples=2, camera_norm=False)
+    primary = cluster_features(features, cluster).labels
+    assert primary.tolist() == [0] * 14
+    for rejoin, expected in ((False, 3), (True, 2)):
+        method = DSFNetConfig(FINetConfig(enabled=False), SCNetConfig(sub_distance=0.2, rejoin_views=rejoin),
+                              DDOConfig(enabled=False))
+        got = pseudo_labels(branches, cluster, method, 0, 1, camids)
+        reference = secondary_clustering(features, primary, 0.2, 4, camids=camids if rejoin else None)
+        np.testing.assert_array_equal(got.labels, reference.assignment)
+        assert len(np.unique(got.labels)) == expected
+    with pytest.raises(ValueError, match="rejoin_views"):
+        pseudo_labels(branches, cluster, method, 0, 1, None)
+
+
 def test_secondary_clustering_keeps_outliers_out_and_checks_its_input():
     features = _unit([1, 0], [1, .1], [0, 1], [.1, 1], [1, 1])
     proxies = secondary_clustering(features, np.array([0, 0, 1, 1, -1]), min_size=1)

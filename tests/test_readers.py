@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dsfnet.data import DatasetError, available_datasets, load_dataset
+from dsfnet.data import DatasetError, available_datasets, load_dataset, read_manifest, write_manifest
 from dsfnet.data.market1501 import MARKET_SCHEME, read_split
+from dsfnet.data.records import UNLABELLED
 
 
 def _image(path: Path, colour=(30, 120, 30)) -> Path:
@@ -329,4 +330,83 @@ def test_folder_csv_bad_rows_are_named(tmp_path):
         load_dataset("folder", csv)
     csv.write_text("path,pid,camid,split\ncrops/a.jpg,4,0,validation\n")
     with pytest.raises(DatasetError, match=r"mine\.csv line 2"):
+        load_dataset("folder", csv)
+
+
+# ---------------------------------------------------------------- own data: unlabelled train, no test split
+
+
+def _test_splits(root: Path) -> None:
+    _image(root / "query" / "5" / "gate" / "q.jpg")
+    _image(root / "gallery" / "5" / "lobby" / "g.jpg")
+
+
+def test_flat_train_is_unlabelled_and_one_camera_of_its_own(tmp_path):
+    for name in ("b.jpg", "a.png", "c.JPG"):
+        _image(tmp_path / "train" / name)
+    _text(tmp_path / "train" / "notes.txt")
+    _test_splits(tmp_path)
+    dataset = load_dataset("folder", tmp_path)
+    assert [(Path(r.path).name, r.pid, r.camid) for r in dataset.train] == [
+        ("a.png", UNLABELLED, 0), ("b.jpg", UNLABELLED, 0), ("c.JPG", UNLABELLED, 0)]
+    assert _ids(dataset.query) == [(5, 1)] and _ids(dataset.gallery) == [(5, 2)]  # gate 1, lobby 2: other cameras
+    assert not dataset.train_labelled and dataset.has_test_split
+    assert "unexpected extension '.txt'" in _reason(dataset, "notes.txt")
+    assert "train: 3 images, unlabelled" in dataset.summary()
+
+
+def test_camera_folders_of_unlabelled_train_share_camids_with_the_test_splits(tmp_path):
+    _image(tmp_path / "train" / "lobby" / "x.jpg")
+    _image(tmp_path / "train" / "gate" / "y.jpg")
+    _image(tmp_path / "train" / "gate" / "deeper" / "z.jpg")
+    _test_splits(tmp_path)
+    dataset = load_dataset("folder", tmp_path)
+    assert [(Path(r.path).name, r.pid, r.camid) for r in dataset.train] == [("y.jpg", UNLABELLED, 0),
+                                                                          ("x.jpg", UNLABELLED, 1)]
+    assert _ids(dataset.query) == [(5, 0)] and _ids(dataset.gallery) == [(5, 1)]
+    assert "nested below the camera folder" in _reason(dataset, "z.jpg")
+
+
+def test_train_without_a_test_split_reads_and_half_a_test_split_is_named(tmp_path):
+    _image(tmp_path / "train" / "cam1" / "x.jpg")
+    dataset = load_dataset("folder", tmp_path)
+    assert len(dataset.train) == 1 and dataset.query == [] and dataset.gallery == []
+    assert not dataset.has_test_split
+    _image(tmp_path / "query" / "5" / "gate" / "q.jpg")
+    with pytest.raises(DatasetError, match=rf"{tmp_path / 'gallery'} .*does not exist.*both query/ and gallery/"):
+        load_dataset("folder", tmp_path)
+
+
+def test_mixed_or_empty_train_folders_are_errors_that_name_the_folder(tmp_path):
+    _image(tmp_path / "train" / "3" / "cam1" / "x.jpg")  # a pid folder ...
+    _image(tmp_path / "train" / "cam2" / "y.jpg")  # ... next to a camera folder
+    with pytest.raises(DatasetError, match=r"mixes camera folders.*train/cam2.*person folders.*train/3"):
+        load_dataset("folder", tmp_path)
+    (tmp_path / "train" / "cam2" / "y.jpg").rename(tmp_path / "train" / "y.jpg")
+    (tmp_path / "train" / "cam2").rmdir()
+    with pytest.raises(DatasetError, match=r"mixes images \(y\.jpg\) with folders \(3/\)"):
+        load_dataset("folder", tmp_path)
+    empty = tmp_path / "empty"
+    _text(empty / "train" / "cam1" / "readme.md")
+    with pytest.raises(DatasetError, match=rf"train folder {empty / 'train'} holds no images"):
+        load_dataset("folder", empty)
+    (empty / "other").mkdir()
+    with pytest.raises(DatasetError, match=r"neither train/ nor query/ and gallery/"):
+        load_dataset("folder", empty / "other")
+
+
+def test_csv_train_rows_may_leave_pid_empty_and_round_trip(tmp_path):
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        _image(tmp_path / name)
+    csv = _text(tmp_path / "mine.csv", "path,pid,camid,split\na.jpg,,0,train\nb.jpg,7,1,query\nc.jpg,7,0,gallery\n")
+    dataset = load_dataset("folder", csv)
+    assert _ids(dataset.train) == [(UNLABELLED, 0)] and _ids(dataset.query) == [(7, 1)]
+    write_manifest(dataset, tmp_path / "copy.csv")
+    assert (tmp_path / "copy.csv").read_text().splitlines()[1] == f"{tmp_path / 'a.jpg'},,0,train"
+    assert _ids(read_manifest(tmp_path / "copy.csv").train) == [(UNLABELLED, 0)]
+    csv.write_text("path,pid,camid,split\na.jpg,,0,train\nb.jpg,,1,query\n")
+    with pytest.raises(DatasetError, match=r"mine\.csv line 3.*pid may be empty in train rows only"):
+        load_dataset("folder", csv)
+    csv.write_text("path,pid,camid,split\nb.jpg,-2,1,query\n")
+    with pytest.raises(DatasetError, match=r"pids must be >= -1"):
         load_dataset("folder", csv)

@@ -41,7 +41,7 @@ def prepare_workdir(root: Path, uri: str) -> None:
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", *args], cwd=root, check=True)
 
 
-def register_in(root: Path, uri: str, mAP: float, rank1: float, **register_params) -> dict:
+def register_in(root: Path, uri: str, mAP: float | None, rank1: float | None, **register_params) -> dict:
     """One pipeline run's tail: a training run, its evaluation metrics, then the register stage."""
     import os
 
@@ -52,7 +52,9 @@ def register_in(root: Path, uri: str, mAP: float, rank1: float, **register_param
     with mlflow.start_run() as run:
         pass
     (root / "models/run.json").write_text(json.dumps({"run_id": run.info.run_id}))
-    (root / "metrics/evaluate.json").write_text(json.dumps({"mAP": mAP, "rank1": rank1}))
+    evaluation = ({"mAP": mAP, "rank1": rank1} if mAP is not None
+                  else {"evaluated": False, "reason": "no labelled query and gallery"})
+    (root / "metrics/evaluate.json").write_text(json.dumps(evaluation))
     params = params_from_dict({"mlflow": {"tracking_uri": uri},
                                "register": {"min_map": 5.0, "min_rank1": 5.0, **register_params}})
     register(params)
@@ -159,3 +161,20 @@ def test_two_register_stages_at_once_end_with_one_champion(tmp_path, monkeypatch
         assert results[42.0]["reason"] == f"mAP 42.00% beats champion v{results[41.0]['version']} (41.00%)"
     else:  # overlapping: 41 saw 42 in the registry and stood back
         assert results[41.0]["alias"] == "challenger" and results[41.0]["champion_version"] == int(champion.version)
+
+
+def test_an_unevaluated_model_serves_only_until_an_evaluated_one_exists(store):
+    root, uri = store
+    refused = register_in(root, uri, None, None)
+    assert refused["registered"] is False and "register.require_evaluation: false" in refused["reason"]
+    first = register_in(root, uri, None, None, require_evaluation=False)
+    assert (first["version"], first["alias"]) == (1, "champion") and "has been evaluated" in first["reason"]
+    newer = register_in(root, uri, None, None, require_evaluation=False)
+    assert (newer["version"], newer["alias"]) == (2, "champion")  # no score: the newest serves
+    evaluated = register_in(root, uri, 12.0, 20.0, require_evaluation=False)
+    assert (evaluated["version"], evaluated["alias"]) == (3, "champion")
+    later = register_in(root, uri, None, None, require_evaluation=False)
+    assert later["alias"] == "challenger" and "cannot displace champion v3" in later["reason"]
+    client = client_of(uri)
+    assert int(client.get_model_version_by_alias("dsfnet-reid", "champion").version) == 3
+    assert client.get_model_version("dsfnet-reid", "4").tags["evaluated"] == "false"

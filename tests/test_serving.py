@@ -6,6 +6,7 @@ crops, logged with the same helper the register stage uses, into a sqlite regist
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -103,32 +104,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(registry):
-    root, uri, _ = registry
+@contextlib.contextmanager
+def served(root: Path, uri: str, model: str = "models:/dsfnet-reid@champion"):
+    """A real `mlflow models serve` process for `model` of the store at `uri`, on a free loopback port."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     log = open(root / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/dsfnet-reid@champion",
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model,
                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow models serve exited: {(root / 'server.log').read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    else:
-        pytest.fail("mlflow models serve did not answer /ping within 180 s")
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"mlflow models serve exited: {(root / 'server.log').read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow models serve did not answer /ping within 180 s")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    root, uri, _ = registry
+    with served(root, uri) as url:
+        yield url
 
 
 def invoke(url: str, body, content_type: str = "application/json") -> requests.Response:

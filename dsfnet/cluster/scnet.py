@@ -5,6 +5,10 @@ only touch at its edges. Complete-linkage clustering inside each cluster does no
 that stay with the cluster's largest (core) sub-cluster are its easy samples, the rest are intra-class
 hard samples, grouped into sub-clusters. Each sub-cluster becomes a proxy of the hard-proxy memory and,
 with `split`, a pseudo-label of its own. See docs/method.md.
+
+With `camids`, a sub-cluster whose cameras are all cameras the core sub-cluster never saw rejoins the core:
+one person seen from another camera (front and back, another light) is a view, not a second identity, and
+cutting there removes exactly the cross-camera pairs that retrieval is scored on.
 """
 
 from __future__ import annotations
@@ -95,6 +99,16 @@ def sub_clusters(features: np.ndarray, distance: float, min_size: int, linkage: 
     return [np.flatnonzero(group == g) for g in range(len(kept))]
 
 
+def rejoin_views(groups: list[np.ndarray], camids: np.ndarray) -> list[np.ndarray]:
+    """Merge into the core (groups[0]) every other group whose cameras the core has none of."""
+    core_cameras = np.unique(camids[groups[0]])
+    views = [g for g in groups[1:] if not np.isin(camids[g], core_cameras).any()]
+    if not views:
+        return groups
+    return [np.sort(np.concatenate([groups[0], *views])),
+            *(g for g in groups[1:] if np.isin(camids[g], core_cameras).any())]
+
+
 def _members_by_cluster(labels: np.ndarray) -> list[np.ndarray]:
     kept = np.flatnonzero(labels >= 0)
     order = kept[np.argsort(labels[kept], kind="stable")]
@@ -103,10 +117,12 @@ def _members_by_cluster(labels: np.ndarray) -> list[np.ndarray]:
 
 
 def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance: float = 0.6, min_size: int = 4,
-                         linkage: str = "complete", inter_margin: float = 0.0) -> HardProxies:
+                         linkage: str = "complete", inter_margin: float = 0.0,
+                         camids: np.ndarray | None = None) -> HardProxies:
     """Every cluster's sub-clusters (see `sub_clusters`) as proxies owned by the cluster.
 
     `assignment` maps each sample to its proxy; used as labels it is SCNet's refined pseudo-labelling.
+    `camids` (N,): sub-clusters from cameras their core never saw rejoin it (`rejoin_views`).
     """
     features = np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels)
@@ -116,6 +132,8 @@ def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance:
         raise ValueError("secondary clustering needs at least one cluster; every label is -1")
     if linkage not in LINKAGES:
         raise ValueError(f"dsfnet.scnet.linkage must be one of {LINKAGES}, got {linkage!r}")
+    if camids is not None and len(camids) != len(labels):
+        raise ValueError(f"camids ({len(camids)}) must match labels ({len(labels)})")
     features = _normalise(features)
     inter = find_inter_hard(features, labels, cluster_centroids(features, labels), inter_margin)
     intra = np.zeros(len(labels), dtype=bool)
@@ -124,6 +142,8 @@ def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance:
     owners: list[int] = []
     for members in _members_by_cluster(labels):
         groups = sub_clusters(features[members], sub_distance, min_size, linkage)
+        if camids is not None and len(groups) > 1:
+            groups = rejoin_views(groups, np.asarray(camids)[members])
         for rank, group in enumerate(groups):
             assignment[members[group]] = len(proxies)
             proxies.append(features[members[group]].mean(axis=0))

@@ -10,7 +10,7 @@ from dsfnet.data.manifest import read_manifest, write_manifest
 from dsfnet.data.market1501 import parse_market_name, read_market1501
 from dsfnet.data.msmt17 import read_msmt17
 from dsfnet.data.personx import read_personx
-from dsfnet.data.records import DatasetError, ImageRecord, ReIDDataset
+from dsfnet.data.records import UNLABELLED, DatasetError, ImageRecord, ReIDDataset
 from dsfnet.data.synthetic import SyntheticConfig, generate_synthetic
 from dsfnet.data.veri776 import read_veri776
 
@@ -21,7 +21,7 @@ READERS: dict[str, Callable[[Path], ReIDDataset]] = {
     "msmt17": lambda root: read_msmt17(root, name="msmt17"),
     "personx": lambda root: read_personx(root, name="personx"),
     "veri776": lambda root: read_veri776(root, name="veri776"),
-    # users' own crops: <root>/<split>/<pid>/<camera>/<image>, or a CSV manifest passed as root
+    # users' own crops: train/ unlabelled or labelled, query/ and gallery/ optional, or a CSV manifest
     "folder": lambda root: read_folder(root, name="folder"),
 }
 
@@ -41,6 +41,7 @@ def load_dataset(name: str, root: str | Path) -> ReIDDataset:
 
 
 __all__ = [
+    "UNLABELLED",
     "DatasetError",
     "ImageRecord",
     "ReIDDataset",

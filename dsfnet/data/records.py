@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# pid of a training crop nobody labelled (own data): training never reads identities; monitoring skips them
+UNLABELLED = -2
+
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image crop: where it is, who it shows (pid) and which camera saw it (0-based camid)."""
+    """One image crop: where it is, who it shows (pid; UNLABELLED when unknown) and which camera saw it
+    (0-based camid)."""
 
     path: str
     pid: int
@@ -31,6 +35,15 @@ class ReIDDataset:
         return {"train": self.train, "query": self.query, "gallery": self.gallery}
 
     @property
+    def has_test_split(self) -> bool:
+        """A labelled query and gallery to evaluate on (own data may have neither)."""
+        return bool(self.query) and bool(self.gallery)
+
+    @property
+    def train_labelled(self) -> bool:
+        return bool(self.train) and all(r.pid != UNLABELLED for r in self.train)
+
+    @property
     def num_cameras(self) -> int:
         return len({r.camid for split in self.splits().values() for r in split})
 
@@ -45,7 +58,8 @@ class ReIDDataset:
 
     def summary(self) -> str:
         parts = [
-            f"{name}: {len(recs)} images, {len({r.pid for r in recs})} ids"
+            f"{name}: {len(recs)} images, "
+            + (f"{len({r.pid for r in recs})} ids" if all(r.pid != UNLABELLED for r in recs) else "unlabelled")
             for name, recs in self.splits().items()
         ]
         return f"{self.name} ({self.num_cameras} cameras) — " + "; ".join(parts)

@@ -62,10 +62,23 @@ def _rank_list(dataset, distmat, rows: np.ndarray, ap: np.ndarray, caption: str)
     return rank_list_figure([dataset.query[r] for r in rows], dataset.gallery, rankings, captions)
 
 
+def not_evaluated(reason: str) -> None:
+    """Own data without a test split: say so in the metrics (register decides what that means), no reports."""
+    with staged_dir(EVALUATE_REPORTS) as out:
+        (out / "README.txt").write_text(f"not evaluated: {reason}\n")
+    write_csv(CMC_PLOT, pd.DataFrame({"rank": [], "cmc_plain": []}))
+    write_json(metrics_file("evaluate"), {"evaluated": False, "reason": reason})
+    log.warning("not evaluated: %s", reason)
+
+
 def evaluate(params: Params) -> None:
     """Evaluate models/model.pt on the manifest's query × gallery."""
     cfg = params.evaluate
     dataset = read_manifest(MANIFEST, name=params.dataset.name)
+    if not dataset.has_test_split:
+        not_evaluated(f"dataset {params.dataset.name!r} has no labelled query and gallery: nothing to evaluate on "
+                      f"(add query/ and gallery/ folders, or query and gallery rows to the manifest)")
+        return
     device = resolve_device(params.train.device)
     model, payload = load_checkpoint(CHECKPOINT, map_location=device)
     height, width = payload["input_size"]
@@ -81,7 +94,7 @@ def evaluate(params: Params) -> None:
         reranked = rerank_distance(query, gallery, k1=cfg.rerank_k1, k2=cfg.rerank_k2, lambda_value=cfg.rerank_lambda)
         rerank_metrics, curves["re-ranked"], _ = _metrics(reranked, q, g, cfg.max_rank, prefix="rerank_")
         metrics.update(rerank_metrics)
-    metrics.update(num_query=len(dataset.query), num_gallery=len(dataset.gallery), flip=cfg.flip)
+    metrics.update(evaluated=True, num_query=len(dataset.query), num_gallery=len(dataset.gallery), flip=cfg.flip)
 
     write_csv(CMC_PLOT, pd.DataFrame({"rank": np.arange(1, len(cmc) + 1),
                                       **{f"cmc_{k.replace('-', '')}": 100 * v for k, v in curves.items()}}))

@@ -6,6 +6,10 @@ dataset (a tie keeps the old one); otherwise it gets the alias `challenger`. The
 re-derived from the registry itself — the best mAP among this dataset's registered versions, the
 oldest on a tie — and re-read after setting, so two register stages running at once end with one
 champion and both report it correctly.
+
+Own data may have no labelled query/gallery: evaluate then says `evaluated: false`. With
+register.require_evaluation (the default) such a model is refused; without it, it is registered on the validate
+and monitor gates alone and becomes champion only while no version on the same dataset has been evaluated.
 """
 
 from __future__ import annotations
@@ -28,12 +32,22 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 
 
+def was_evaluated(evaluation: dict) -> bool:
+    return evaluation.get("evaluated", True)  # metrics from before the key existed were always evaluated
+
+
 def gate_failures(params: Params, validation: dict, evaluation: dict, monitor: dict) -> list[str]:
     failures = []
     if not validation.get("success", False):
         failures.append("validate gate failed: the dataset did not pass validation")
     if not monitor.get("passed", False):
         failures.append("monitor gate failed: " + "; ".join(monitor.get("failures", [])))
+    if not was_evaluated(evaluation):
+        if params.register.require_evaluation:
+            failures.append(f"evaluate gate failed: not evaluated ({evaluation.get('reason', 'no test split')}); "
+                            f"set register.require_evaluation: false to register on the validate and monitor "
+                            f"gates alone")
+        return failures
     if evaluation["mAP"] < params.register.min_map:
         failures.append(f"evaluate gate failed: mAP {evaluation['mAP']:.2f}% is below "
                         f"register.min_map={params.register.min_map}%")
@@ -81,14 +95,42 @@ def settle_champion(client: MlflowClient, name: str, alias: str, dataset: str, a
     return current_alias(client, name, alias)[0]
 
 
+def compete(client: MlflowClient, name: str, alias: str, dataset: str, version: int, mean_ap: float,
+            previous_version: int | None, previous_map: float | None) -> tuple[int | None, str]:
+    """An evaluated version: champion if its mAP is the best on `dataset` (see settle_champion)."""
+    champion = settle_champion(client, name, alias, dataset)
+    if previous_version is None or previous_map is None:
+        return champion, f"first {alias} on {dataset}" if champion == version else f"{alias} is v{champion}"
+    if champion == version:
+        return champion, f"mAP {mean_ap:.2f}% beats {alias} v{previous_version} ({previous_map:.2f}%)"
+    champion_map = current_alias(client, name, alias)[1]
+    return champion, (f"mAP {mean_ap:.2f}% does not beat {alias} v{champion} ({champion_map:.2f}%); "
+                      f"{alias} unchanged, this version is {CHALLENGER}")
+
+
+def place_unevaluated(client: MlflowClient, name: str, alias: str, dataset: str,
+                      version: int) -> tuple[int | None, str]:
+    """A version nobody could evaluate never displaces an evaluated champion; with none on `dataset`, the
+    newest unevaluated version serves (there is no score to prefer an older one by)."""
+    best = best_version(client, name, dataset)
+    if best is not None:
+        holder = current_alias(client, name, alias)[0]
+        return holder, (f"not evaluated, so it cannot displace {alias} v{best[0]}, evaluated on {dataset} "
+                        f"(mAP {best[1]:.2f}%); this version is {CHALLENGER}")
+    client.set_registered_model_alias(name, alias, str(version))
+    return version, (f"not evaluated: {alias} because no version on {dataset} has been evaluated "
+                     f"(the newest unevaluated version serves)")
+
+
 def register(params: Params) -> None:
     """Write metrics/register.json: registered, version, alias, the numbers compared and the reason."""
     evaluation = read_json(metrics_file("evaluate"))
     monitor = read_json(metrics_file("monitor"))
     validation = read_json(metrics_file("validate"))
     name, alias, dataset = params.register.model_name, params.register.alias, params.dataset.name
+    evaluated = was_evaluated(evaluation)
     result = {"registered": False, "model_name": name, "version": None, "alias": None, "dataset": dataset,
-              "mAP": evaluation["mAP"], "rank1": evaluation["rank1"]}
+              "evaluated": evaluated, "mAP": evaluation.get("mAP"), "rank1": evaluation.get("rank1")}
     failures = gate_failures(params, validation, evaluation, monitor)
     if failures:
         result["reason"] = "not registered: " + "; ".join(failures)
@@ -98,8 +140,9 @@ def register(params: Params) -> None:
 
     tracking.configure(params.mlflow)
     client = MlflowClient()
-    tags = {"dataset": dataset, "mAP": repr(float(evaluation["mAP"])), "rank1": repr(float(evaluation["rank1"])),
-            "gates": "passed",
+    scores = ({"mAP": repr(float(evaluation["mAP"])), "rank1": repr(float(evaluation["rank1"]))} if evaluated
+              else {"evaluated": "false"})
+    tags = {"dataset": dataset, **scores, "gates": "passed",
             **lineage.lineage_tags(flatten(params), dataset, params.dataset.root)}
     with mlflow.start_run(run_id=tracking.training_run_id()):
         mlflow.set_tags({k: v for k, v in tags.items() if k not in ("mAP", "rank1")})
@@ -114,26 +157,23 @@ def register(params: Params) -> None:
     previous_version, previous_map, previous_dataset = current_alias(client, name, alias)
     if previous_dataset is not None and previous_dataset != dataset:
         previous_version, previous_map = None, None  # another dataset's champion is no yardstick
-    champion = settle_champion(client, name, alias, dataset)
-    promoted = champion == int(version)
-    if previous_version is None:
-        reason = f"first {alias} on {dataset}" if promoted else f"{alias} is v{champion}"
-    elif promoted:
-        reason = f"mAP {evaluation['mAP']:.2f}% beats {alias} v{previous_version} ({previous_map:.2f}%)"
+    if evaluated:
+        champion, reason = compete(client, name, alias, dataset, int(version), evaluation["mAP"], previous_version,
+                                   previous_map)
     else:
-        champion_map = current_alias(client, name, alias)[1]
-        reason = (f"mAP {evaluation['mAP']:.2f}% does not beat {alias} v{champion} ({champion_map:.2f}%); "
-                  f"{alias} unchanged, this version is {CHALLENGER}")
+        champion, reason = place_unevaluated(client, name, alias, dataset, int(version))
+    promoted = champion == int(version)
     if not promoted:
         client.set_registered_model_alias(name, CHALLENGER, version)
+    scored = (f"mAP {evaluation['mAP']:.2f}%, rank-1 {evaluation['rank1']:.2f}%" if evaluated else "not evaluated")
     client.update_model_version(name, version, description=f"{'champion' if promoted else CHALLENGER}: {reason}. "
-                                f"mAP {evaluation['mAP']:.2f}%, rank-1 {evaluation['rank1']:.2f}% on {dataset}; "
+                                f"{scored} on {dataset}; "
                                 f"git {tags['git.commit'][:12]}, data md5 {tags['dvc.data_md5'][:12]}")
     client.set_model_version_tag(name, version, "decision", reason)
     result.update(registered=True, version=int(version), alias=alias if promoted else CHALLENGER, reason=reason,
                   champion_version=champion, previous_champion_version=previous_version,
                   previous_champion_mAP=previous_map, model_uri=f"models:/{name}/{version}",
-                  lineage={k: v for k, v in tags.items() if k not in ("mAP", "rank1", "dataset")})
+                  lineage={k: v for k, v in tags.items() if k not in ("mAP", "rank1", "dataset", "evaluated")})
     write_json(metrics_file("register"), result)
     log.info("registered %s v%s as %s (%s)", name, version, result["alias"], reason)
 

@@ -30,6 +30,8 @@ def split_counts(manifest: pd.DataFrame) -> dict[str, int]:
         counts[f"{split}_ids"] = int(rows.loc[rows["pid"] > 0, "pid"].nunique())  # distractors (pid 0) not counted
         counts[f"{split}_cameras"] = int(rows["camid"].nunique())
     counts["gallery_distractors"] = int(((manifest["split"] == "gallery") & (manifest["pid"] == 0)).sum())
+    counts["train_unlabelled_images"] = int(((manifest["split"] == "train") & manifest["pid"].isna()).sum())
+    counts["test_split"] = bool(counts["query_images"] and counts["gallery_images"])
     return counts
 
 
