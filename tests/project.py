@@ -62,12 +62,19 @@ def make_project(dest: Path, **sections) -> Path:
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     """DVC as a user runs it, with this interpreter's environment first on PATH (stages call `python`)."""
+
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                          env=dvc_env())
+
+
+def dvc_env() -> dict[str, str]:
+    """The stages' environment, storing runs in the project's own MLflow store (params.yaml), whatever
+    MLFLOW_TRACKING_URI a test left set."""
     from pipeline.flows import stage_env
 
     env = stage_env()
-    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store (params.yaml), whatever a test left set
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
-                          env=env)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
 
 
 def stale(project: Path) -> dict:

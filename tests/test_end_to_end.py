@@ -21,7 +21,7 @@ from pipeline.flows import StageError, dsfnet_pipeline
 from pipeline.params import MonitorParams
 from pipeline.serving import encode_image
 from pipeline.stages import STAGES
-from tests.project import dvc, make_project, stale, write_params
+from tests.project import dvc, dvc_env, make_project, stale, write_params
 from tests.test_evaluation import reference_map_cmc
 
 pytestmark = pytest.mark.e2e
@@ -221,13 +221,11 @@ def test_train_resumes_after_kill_9_and_matches_the_uninterrupted_model(run, tmp
 
     import torch
 
-    from pipeline.flows import stage_env
-
     reference_project, _ = run
     project = make_project(tmp_path / "project")  # the same tiny profile and seed as the `run` project
     assert dvc(project, "repro", "validate").returncode == 0
     state = project / "checkpoints/train/last.pt"
-    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=stage_env(),
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=dvc_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
