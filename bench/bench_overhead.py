@@ -8,6 +8,8 @@
 images decoded and resized once, `train.cache_images`, as from the second epoch on; --no-cache-images decodes
 every time), every branch forward, ClusterNCE/FINet/SCNet losses, memory updates, backward and the Adam step.
 Medians over --iters steps after 3 warm-up steps, for the baseline and for full DSFNet.
+With --bn-group N the iteration is also timed with BatchNorm over groups of N images (train.bn_group),
+and the last column is its time over the plain-BN iteration.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_branches
 from dsfnet.models import ModelConfig, build_model
+from dsfnet.models.bn_groups import use_bn_groups
 from dsfnet.objective import DSFNetObjective
 from dsfnet.trainer import (
     TrainConfig,
@@ -51,9 +54,10 @@ def median_seconds(step, iters: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def measure(data, method: DSFNetConfig, args, device: torch.device) -> tuple[float, float]:
+def measure(data, method: DSFNetConfig, args, device: torch.device, bn_group: int = 0) -> tuple[float, float]:
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=args.arch), method).to(device)
+    use_bn_groups(model, bn_group)
     branches = extract_branches(model, data.train, args.height, args.width, device=device, progress=False)
     camids_all = np.array([r.camid for r in data.train])
     clustered = pseudo_labels(branches, ClusterConfig(k1=30, k2=6, eps=0.5, min_samples=4, camera_norm=True),
@@ -93,6 +97,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--profile", default="default")
+    parser.add_argument("--bn-group", type=int, default=0, help="also time BatchNorm over groups of this many images")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-cache-images", dest="cache_images", action="store_false",
                         help="decode every image each time (train.cache_images: false)")
@@ -105,10 +110,15 @@ def main() -> None:
                                                         width=max(args.width, 64)), progress=False)
         print(f"{args.arch} {args.height}×{args.width}, batch {args.batch}, workers {args.workers}, {device}, "
               f"{torch.get_num_threads()} threads")
-        print(f"{'method':>9} {'bare fwd+bwd':>12} {'iteration':>10} {'ratio':>6}")
+        grouped_header = f" {'bn_group ' + str(args.bn_group):>13} {'ratio':>6}" if args.bn_group else ""
+        print(f"{'method':>9} {'bare fwd+bwd':>12} {'iteration':>10} {'ratio':>6}{grouped_header}")
         for name, method in (("baseline", DSFNetConfig.baseline()), ("dsfnet", DSFNetConfig())):
             bare, iteration = measure(data, method, args, device)
-            print(f"{name:>9} {1000 * bare:>10.1f}ms {1000 * iteration:>8.1f}ms {iteration / bare:>6.2f}")
+            row = f"{name:>9} {1000 * bare:>10.1f}ms {1000 * iteration:>8.1f}ms {iteration / bare:>6.2f}"
+            if args.bn_group:
+                _, grouped = measure(data, method, args, device, args.bn_group)
+                row += f" {1000 * grouped:>11.1f}ms {grouped / iteration:>6.2f}"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
 from dsfnet.atomic import atomic_path
 from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
@@ -27,12 +27,13 @@ from dsfnet.cluster.dbscan import camera_normalise
 from dsfnet.cluster.ddo import cluster_fused
 from dsfnet.cluster.scnet import HardProxies, secondary_clustering
 from dsfnet.config import DSFNetConfig, TrainConfig
-from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, collate_images
+from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, RankShare, collate_images
 from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_train_transform
 from dsfnet.distributed import broadcast_buffers, broadcast_object, gather_rows, rank_and_world
 from dsfnet.features import extract_branches
 from dsfnet.label_stats import epoch_statistics
+from dsfnet.models.bn_groups import bn_group_for_rank, use_bn_groups
 from dsfnet.objective import DSFNetObjective
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,13 @@ def setup(model: torch.nn.Module, config: TrainConfig, method: DSFNetConfig) -> 
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
+    if config.batch_size % world:
+        raise ValueError(f"train.batch_size ({config.batch_size}) must split evenly over the {world} processes "
+                         f"of train.gpus")
+    bn_group = bn_group_for_rank(config.bn_group, config.batch_size, world)
+    if bn_group:
+        layers = use_bn_groups(model, bn_group)
+        log.info("train.bn_group: %d BatchNorm layers normalise groups of %d images", layers, bn_group)
     model.to(device)
     use_amp = config.amp and device.type == "cuda"
     if device.type == "cuda":
@@ -266,17 +274,21 @@ def cluster_epoch(session: Session, records: Sequence[ImageRecord], camids: np.n
 
 
 def epoch_loader(records: Sequence[ImageRecord], labels: np.ndarray, config: TrainConfig, epoch: int,
-                 rank: int = 0, image_cache: dict | None = None) -> DataLoader:
-    """The epoch's camera-aware P×K batches over the clustered records (outliers left out), endlessly."""
+                 rank: int = 0, image_cache: dict | None = None, world: int = 1) -> DataLoader:
+    """The epoch's camera-aware P×K batches over the clustered records (outliers left out).
+
+    `train.batch_size` is the batch of one step over all processes, as in the papers (256 over 4 GPUs):
+    every rank draws the same batches and takes its own consecutive share of each.
+    """
     kept = np.flatnonzero(labels >= 0)
     camids = np.array([records[i].camid for i in kept])
     dataset = ImageDataset([records[i] for i in kept], build_train_transform(config.height, config.width),
                            labels=labels[kept].tolist(), cache=image_cache)
-    sampler = CameraAwarePKSampler(labels[kept], camids, config.num_instances,
-                                   seed=config.seed * 1000 + epoch + 7919 * rank)
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                      collate_fn=collate_images, drop_last=len(sampler) >= config.batch_size,
-                      persistent_workers=config.workers > 0)
+    sampler = CameraAwarePKSampler(labels[kept], camids, config.num_instances, seed=config.seed * 1000 + epoch)
+    batches = BatchSampler(sampler, config.batch_size, drop_last=len(sampler) >= config.batch_size)
+    return DataLoader(dataset, batch_sampler=RankShare(batches, rank, world) if world > 1 else batches,
+                      num_workers=config.workers, collate_fn=collate_images, persistent_workers=config.workers > 0,
+                      pin_memory=torch.cuda.is_available())
 
 
 def cycle(loader: DataLoader) -> Iterator:
@@ -395,7 +407,7 @@ def train(
         start = time.perf_counter()
         objective = DSFNetObjective(branches, clustered.labels, method, config.temperature, config.memory_momentum,
                                     clustered.proxies).to(session.device)
-        loader = epoch_loader(records, clustered.labels, config, epoch, session.rank, image_cache)
+        loader = epoch_loader(records, clustered.labels, config, epoch, session.rank, image_cache, session.world)
         lr = session.optimizer.param_groups[0]["lr"]
         steps = run_iterations(session, objective, loader, clustered, config.iters)
         session.scheduler.step()

@@ -78,16 +78,20 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(records, uninterrupte
         assert torch.equal(tensor, reference[name]), name
 
 
-def test_full_dsfnet_is_deterministic_and_resumes_to_the_same_result(records, tmp_path):
+@pytest.mark.parametrize("bn_group", [0, 4], ids=["plain-bn", "bn-groups-of-4"])
+def test_full_dsfnet_is_deterministic_and_resumes_to_the_same_result(records, tmp_path, bn_group):
+    from dataclasses import replace
+
     from dsfnet.config import DSFNetConfig
     method = DSFNetConfig()
+    config = replace(CONFIG, bn_group=bn_group)
 
     def dsfnet_model(seed: int = 0):
         seed_everything(seed)
         return build_model(ModelConfig(), method)
 
     reference_model = dsfnet_model()
-    reference = train(reference_model, records, CONFIG, CLUSTER, method, progress=False)
+    reference = train(reference_model, records, config, CLUSTER, method, progress=False)
     assert all(h.hard_proxies > 0 and 0 <= h.lambda_t <= 0.5 for h in reference.history)
     assert all(abs(h.weight_global + 2 * h.weight_part - 1) < 1e-5 for h in reference.history)
 
@@ -97,13 +101,15 @@ def test_full_dsfnet_is_deterministic_and_resumes_to_the_same_result(records, tm
 
     state = tmp_path / "last.pt"
     with pytest.raises(Crash):
-        train(dsfnet_model(), records, CONFIG, CLUSTER, method, on_epoch_end=crash_in_epoch_three, progress=False,
+        train(dsfnet_model(), records, config, CLUSTER, method, on_epoch_end=crash_in_epoch_three, progress=False,
               state_path=state, fingerprint="dsfnet")
     model = dsfnet_model(seed=42)
-    resumed = train(model, records, CONFIG, CLUSTER, method, progress=False, state_path=state, fingerprint="dsfnet",
+    resumed = train(model, records, config, CLUSTER, method, progress=False, state_path=state, fingerprint="dsfnet",
                     resume=load_resume_state(state, "dsfnet"))
     for got, want in zip(resumed.history, reference.history, strict=True):
         assert (got.num_clusters, got.hard_samples, got.hard_proxies, got.loss, got.lambda_t) == \
                (want.num_clusters, want.hard_samples, want.hard_proxies, want.loss, want.lambda_t)
     for name, tensor in weights(model).items():
         assert torch.equal(tensor, weights(reference_model)[name]), name
+    grouped = {type(m).__name__ for m in model.modules() if "BatchNorm" in type(m).__name__}
+    assert grouped == ({"GroupedBatchNorm1d", "GroupedBatchNorm2d"} if bn_group else {"BatchNorm1d", "BatchNorm2d"})

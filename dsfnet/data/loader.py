@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -111,6 +111,31 @@ class CameraAwarePKSampler(Sampler[int]):
         self.epoch += 1
         for label in rng.permutation(self.label_ids):
             yield from self._instances(int(label), rng)
+
+
+class RankShare(Sampler[list[int]]):
+    """Rank `rank`'s consecutive share of each batch of `batches` (every rank iterates the same batches).
+
+    Cutting one P×K batch into `world` slices is what DataParallel did in the published runs: the union
+    over ranks is the single-process batch, in the same order.
+    """
+
+    def __init__(self, batches: Iterable[list[int]], rank: int, world: int):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            bounds = np.linspace(0, len(batch), self.world + 1).round().astype(int)
+            share = batch[bounds[self.rank] : bounds[self.rank + 1]]
+            if not share:
+                raise ValueError(f"a batch of {len(batch)} images cannot feed {self.world} processes; "
+                                 f"lower train.gpus or raise train.batch_size")
+            yield share
 
 
 def collate_images(batch):
