@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # list (pipeline/__init__.py OFFLINE_ENV, the only copy)
 OFFLINE = env $$($(PY) -m pipeline.env)
 
-.PHONY: run test install install-dev lint repro exp clean ui ui-stop serve serve-flow retrain imagenet-weights
+.PHONY: run test install install-dev lint repro exp clean ui ui-stop serve serve-flow retrain imagenet-weights install-gpu gpu-check
 
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
@@ -33,6 +33,17 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
+
+# on a CUDA machine: the project with faiss on the GPU (faiss-gpu and faiss-cpu both provide `faiss`, so the
+# CPU build goes first); torch's own wheel already carries CUDA. A broken faiss-gpu falls back to torch kNN.
+install-gpu: $(VENV)/.installed
+	$(PY) -m pip uninstall --quiet -y faiss-cpu
+	$(PY) -m pip install --quiet -e '.[gpu]'
+	$(PY) -c "import faiss, torch; print('torch', torch.__version__, 'CUDA', torch.cuda.is_available(), '| faiss', faiss.__version__, 'GPUs', faiss.get_num_gpus())"
+
+# the GPU figures of bench/gpu_check.py (about 8 minutes on one H100/H200-class GPU)
+gpu-check: $(VENV)/.installed
+	$(PY) bench/gpu_check.py --out bench/results/gpu_check.json
 
 run: $(VENV)/.installed
 	$(PY) -m pipeline.flows

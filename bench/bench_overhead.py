@@ -15,6 +15,7 @@ and the last column is its time over the plain-BN iteration.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -41,23 +42,29 @@ from dsfnet.trainer import (
 
 
 def median_seconds(step, iters: int, device: torch.device) -> float:
-    times = []
+    return interleaved([step], iters, device)[0]
+
+
+def interleaved(steps, iters: int, device: torch.device) -> list[float]:
+    """Median seconds of each step, run in turn every round (3 warm-up rounds): drift hits them alike."""
+    times: list[list[float]] = [[] for _ in steps]
     for i in range(iters + 3):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for spent, step in zip(times, steps, strict=True):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:
+                spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
-def measure(data, method: DSFNetConfig, args, device: torch.device, bn_group: int = 0) -> tuple[float, float]:
+def measure(data, method: DSFNetConfig, args, device: torch.device) -> dict[str, float]:
+    """Seconds of the bare forward+backward, the iteration, and (--bn-group) the iteration with BN groups."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=args.arch), method).to(device)
-    use_bn_groups(model, bn_group)
     branches = extract_branches(model, data.train, args.height, args.width, device=device, progress=False)
     camids_all = np.array([r.camid for r in data.train])
     clustered = pseudo_labels(branches, ClusterConfig(k1=30, k2=6, eps=0.5, min_samples=4, camera_norm=True),
@@ -71,12 +78,29 @@ def measure(data, method: DSFNetConfig, args, device: torch.device, bn_group: in
     if args.cache_images:
         loader.dataset.preload()  # as from the second epoch on: every image decoded and resized once
     stream = cycle(loader)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], config)
     use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    model.train()
-    iteration = median_seconds(lambda: train_step(model, objective, optimizer, scaler, next(stream), proxy_of,
-                                                  device, use_amp), args.iters, device)
+    networks = [model]
+    if args.bn_group:  # the same network and memories, with BN over groups: timed in turn with the plain one
+        grouped = copy.deepcopy(model)
+        use_bn_groups(grouped, args.bn_group)
+        networks.append(grouped)
+    runs = []
+    for network in networks:
+        network.train()
+        runs.append((network, copy.deepcopy(objective),
+                     build_optimizer([p for p in network.parameters() if p.requires_grad], config),
+                     torch.amp.GradScaler("cuda", enabled=use_amp)))
+    current: list = []
+
+    def step(run):
+        def go():
+            if run is runs[0]:
+                current[:] = [next(stream)]  # one batch per round, for every network
+            network, loss, optimizer, scaler = run
+            train_step(network, loss, optimizer, scaler, current[0], proxy_of, device, use_amp)
+        return go
+
+    iterations = interleaved([step(run) for run in runs], args.iters, device)
     images = next(stream)[0].to(device)
 
     def bare():
@@ -85,7 +109,10 @@ def measure(data, method: DSFNetConfig, args, device: torch.device, bn_group: in
         feature.float().pow(2).mean().backward()
         model.zero_grad(set_to_none=True)
 
-    return median_seconds(bare, args.iters, device), iteration
+    figures = {"bare": median_seconds(bare, args.iters, device), "iteration": iterations[0]}
+    if args.bn_group:
+        figures["grouped"] = iterations[1]
+    return figures
 
 
 def main() -> None:
@@ -113,11 +140,11 @@ def main() -> None:
         grouped_header = f" {'bn_group ' + str(args.bn_group):>13} {'ratio':>6}" if args.bn_group else ""
         print(f"{'method':>9} {'bare fwd+bwd':>12} {'iteration':>10} {'ratio':>6}{grouped_header}")
         for name, method in (("baseline", DSFNetConfig.baseline()), ("dsfnet", DSFNetConfig())):
-            bare, iteration = measure(data, method, args, device)
-            row = f"{name:>9} {1000 * bare:>10.1f}ms {1000 * iteration:>8.1f}ms {iteration / bare:>6.2f}"
+            t = measure(data, method, args, device)
+            row = f"{name:>9} {1000 * t['bare']:>10.1f}ms {1000 * t['iteration']:>8.1f}ms " \
+                  f"{t['iteration'] / t['bare']:>6.2f}"
             if args.bn_group:
-                _, grouped = measure(data, method, args, device, args.bn_group)
-                row += f" {1000 * grouped:>11.1f}ms {grouped / iteration:>6.2f}"
+                row += f" {1000 * t['grouped']:>11.1f}ms {t['grouped'] / t['iteration']:>6.2f}"
             print(row, flush=True)
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
     gpus: int = 1  # processes for the train stage: > 1 starts it under torchrun (DDP, one per GPU)
-    cache_images: bool = True  # with workers 0: keep every train image decoded and resized (H×W×3 bytes each)
+    cache_images: bool = True  # keep every train image decoded and resized (H×W×3 bytes each), shared with workers
     bn_group: int = 0  # BatchNorm normalises groups of this many consecutive images (per-GPU BN); 0: whole batch
 
 

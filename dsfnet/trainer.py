@@ -10,6 +10,7 @@ on rank 0, labels broadcast, memories kept identical on every rank).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import random
 import time
@@ -37,6 +38,7 @@ from dsfnet.models.bn_groups import bn_group_for_rank, use_bn_groups
 from dsfnet.objective import DSFNetObjective
 
 log = logging.getLogger(__name__)
+FORK_AVAILABLE = "fork" in multiprocessing.get_all_start_methods()  # workers share a cache only when forked
 
 
 @dataclass
@@ -286,9 +288,13 @@ def epoch_loader(records: Sequence[ImageRecord], labels: np.ndarray, config: Tra
                            labels=labels[kept].tolist(), cache=image_cache)
     sampler = CameraAwarePKSampler(labels[kept], camids, config.num_instances, seed=config.seed * 1000 + epoch)
     batches = BatchSampler(sampler, config.batch_size, drop_last=len(sampler) >= config.batch_size)
+    context = None
+    if image_cache is not None and config.workers > 0:
+        dataset.preload(threads=config.workers)  # before the workers fork: they share the decoded images
+        context = "fork"
     return DataLoader(dataset, batch_sampler=RankShare(batches, rank, world) if world > 1 else batches,
                       num_workers=config.workers, collate_fn=collate_images, persistent_workers=config.workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), multiprocessing_context=context)
 
 
 def cycle(loader: DataLoader) -> Iterator:
@@ -396,8 +402,8 @@ def train(
         cluster_config = replace(cluster_config, camera_norm=False)
     truth = np.array([r.pid for r in records])
     truth = truth if (truth >= 0).all() else None  # unlabelled (own data): no ground-truth scores
-    # decoded images shared by every epoch's loader; worker processes would each rebuild it every epoch
-    image_cache: dict | None = {} if config.cache_images and config.workers == 0 else None
+    # decoded, resized images shared by every epoch's loader (and, by fork, its workers)
+    image_cache: dict | None = {} if config.cache_images and (config.workers == 0 or FORK_AVAILABLE) else None
     first_epoch, result = restore(session, resume) if resume is not None else (0, TrainResult([], []))
     if resume is not None:
         log.info("resuming at epoch %d of %d", first_epoch, config.epochs)

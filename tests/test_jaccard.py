@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -92,7 +94,6 @@ def brute_force_penalised_knn(features, k, camids, penalty):
 
 @pytest.mark.parametrize("backend_faiss", [True, False])
 def test_camera_penalised_knn_equals_brute_force(make_clustered, backend_faiss, monkeypatch):
-    import importlib
 
     knn_module = importlib.import_module("dsfnet.cluster.knn")  # the package's `knn` name is the function
 
@@ -148,3 +149,50 @@ def test_trainer_pseudo_labels_pass_the_cameras_to_the_penalised_clustering():
     config = ClusterConfig(k1=10, k2=2, eps=0.6, min_samples=4, camera_norm=False, camera_penalty=1.0)
     labels = pseudo_labels({"global": x}, config, DSFNetConfig.baseline(), 0, 1, camids).labels
     assert labels.max() + 1 == 2 and (labels[pid == 0] == labels[0]).all()
+
+
+def test_broken_faiss_gpu_falls_back_to_torch_with_one_warning(make_clustered, monkeypatch, caplog):
+    """A faiss build that reports a GPU but cannot search on it (here: the CPU build's own error) costs a
+    warning, not the run: the self-test runs in a child process, and the torch search gives the answer."""
+    knn_module = importlib.import_module("dsfnet.cluster.knn")
+
+    feats, _ = make_clustered(num_ids=10, per_id=8, dim=32, noise=0.5)
+    expected = knn_search(feats, 6, backend="torch")
+    monkeypatch.setattr(knn_module, "_faiss_gpu_available", lambda: True)
+    knn_module._faiss_gpu_self_test.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="dsfnet.cluster.knn"):
+            first = knn_search(feats, 6, backend="faiss")
+            second = knn_search(feats, 6, backend="faiss")
+    finally:
+        knn_module._faiss_gpu_self_test.cache_clear()
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # checked once per process
+    assert "faiss GPU search unusable (its self-test failed:" in warnings[0]
+    assert "kNN runs on torch on the CPU instead" in warnings[0]
+
+
+def test_a_faiss_gpu_failure_at_search_time_switches_to_torch_for_good(make_clustered, monkeypatch, caplog):
+    knn_module = importlib.import_module("dsfnet.cluster.knn")
+
+    feats, _ = make_clustered(num_ids=10, per_id=8, dim=32, noise=0.5)
+    expected = knn_search(feats, 6, backend="torch")
+    calls = []
+
+    def cublas_failure(index):
+        calls.append(index)
+        raise RuntimeError("Error in virtual void faiss::gpu::StandardGpuResourcesImpl::initializeForDevice\n"
+                           "CUBLAS_STATUS_NOT_INITIALIZED")
+
+    monkeypatch.setattr(knn_module, "faiss_gpu_usable", lambda: not knn_module._gpu_failed_at_run_time)
+    monkeypatch.setattr(knn_module, "_gpu_failed_at_run_time", [])
+    monkeypatch.setattr(knn_module.faiss, "index_cpu_to_all_gpus", cublas_failure)
+    with caplog.at_level("WARNING", logger="dsfnet.cluster.knn"):
+        np.testing.assert_array_equal(knn_search(feats, 6, backend="faiss"), expected)
+        np.testing.assert_array_equal(knn_search(feats, 6, backend="faiss"), expected)
+    assert len(calls) == 1  # the second search did not try the GPU again
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["faiss GPU search unusable (RuntimeError: CUBLAS_STATUS_NOT_INITIALIZED); "
+                        "kNN runs on torch on the CPU instead"]

@@ -24,7 +24,7 @@ def test_cluster_nce_and_sequential_momentum_update():
     loss = memory(inputs, targets)
     x = F.normalize(inputs.detach(), dim=1)
     expected_loss = F.cross_entropy(x @ centroids.T / 0.05, targets)
-    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(expected_loss.detach()), rel=1e-6)
     loss.backward()  # the update must not break autograd
     assert inputs.grad is not None
     c2 = F.normalize(0.1 * centroids[2] + 0.9 * x[0], dim=0)
@@ -90,3 +90,32 @@ def test_cached_images_give_the_same_augmented_batches_as_decoding_each_time(tmp
     assert len(cache) == len(records)
     with pytest.raises(ValueError, match="cache dict"):
         plain.preload()
+
+
+def test_loader_workers_share_the_preloaded_cache_and_give_the_same_batches(tmp_path):
+    """With train.workers > 0 the main process decodes every image once (threads) before the workers fork;
+    the batches equal those of workers decoding every image themselves."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+    from dsfnet.trainer import TrainConfig, epoch_loader
+
+    records = generate_synthetic(tmp_path, SyntheticConfig(profile="tiny"), progress=False).train[:24]
+    labels = np.arange(24) // 4
+    labels[5] = -1  # an outlier: not in this epoch's loader, so not preloaded
+    config = TrainConfig(batch_size=8, num_instances=4, height=32, width=16, workers=2)
+    cache: dict = {}
+    shared = epoch_loader(records, labels, config, epoch=0, image_cache=cache)
+    assert len(cache) == 23 and shared.multiprocessing_context is not None
+    plain = epoch_loader(records, labels, replace(config, cache_images=False), epoch=0)
+
+    def batches(loader):
+        torch.manual_seed(7)  # the workers' seeds come from the main process's generator
+        return list(loader)
+
+    for got, want in zip(batches(shared), batches(plain), strict=True):
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(cache) == 23  # the workers read it; nothing was added in the main process

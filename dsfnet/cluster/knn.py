@@ -1,10 +1,17 @@
 """Exact k-nearest-neighbour search by inner product on L2-normalised features.
 
 faiss (GPU build when present, else CPU) does the search; a batched torch fallback keeps the
-library usable where faiss is missing. Memory stays O(N·k) beyond the features themselves.
+library usable where faiss is missing, and takes over on the GPU when the faiss GPU build does not work
+(faiss-gpu wheels are known to die on CUBLAS assertions: SpCL #31, #43). Memory stays O(N·k) beyond the
+features themselves.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -15,8 +22,63 @@ except ImportError:  # pragma: no cover - exercised only on machines without fai
     faiss = None
 
 
+log = logging.getLogger(__name__)
+
+# a search on the GPU index, in a child process: a broken faiss-gpu build aborts instead of raising
+GPU_SELF_TEST = """
+import faiss, numpy as np
+x = np.random.default_rng(0).standard_normal((256, 64)).astype("float32")
+index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(64))
+index.add(x)
+_, found = index.search(x, 4)
+assert (found[:, 0] == np.arange(256)).all(), "the GPU index did not find each row itself"
+"""
+
+
 def _faiss_gpu_available() -> bool:
     return faiss is not None and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def _fall_back(reason: str) -> None:
+    where = "the GPU" if torch.cuda.is_available() else "the CPU"
+    log.warning("faiss GPU search unusable (%s); kNN runs on torch on %s instead", reason, where)
+
+
+_gpu_failed_at_run_time: list[str] = []  # once the GPU index has failed, this process stays on torch
+
+
+def faiss_gpu_usable() -> bool:
+    """Whether faiss has a GPU, a small search on it works (checked once, in a child) and none has failed."""
+    return not _gpu_failed_at_run_time and _faiss_gpu_self_test()
+
+
+@functools.cache
+def _faiss_gpu_self_test() -> bool:
+    if not _faiss_gpu_available():
+        return False
+    try:
+        probe = subprocess.run([sys.executable, "-c", GPU_SELF_TEST], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        _fall_back("its self-test did not finish in 300 s")
+        return False
+    if probe.returncode != 0:
+        lines = (probe.stderr or probe.stdout or f"exit status {probe.returncode}").strip().splitlines()
+        _fall_back(f"its self-test failed: {lines[-1] if lines else probe.returncode}")
+        return False
+    return True
+
+
+def _torch_top_k(base: np.ndarray, queries: np.ndarray, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batched exact search with torch, on the GPU when there is one: memory O(batch·N)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x, q = torch.from_numpy(base).to(device), torch.from_numpy(queries)
+    sims = np.empty((len(q), k), dtype=np.float32)
+    neighbours = np.empty((len(q), k), dtype=np.int64)
+    for start in range(0, len(q), batch_size):
+        top = torch.topk(q[start : start + batch_size].to(device) @ x.T, k, dim=1)
+        sims[start : start + batch_size] = top.values.cpu().numpy()
+        neighbours[start : start + batch_size] = top.indices.cpu().numpy()
+    return sims, neighbours
 
 
 def knn(features: np.ndarray, k: int, backend: str = "auto", batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -38,21 +100,23 @@ def top_k(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto",
     if backend == "faiss":
         if faiss is None:
             raise RuntimeError("backend 'faiss' requested but faiss is not installed")
+        if faiss_gpu_usable():
+            try:
+                index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(base.shape[1]))
+                index.add(base)
+                sims, neighbours = index.search(queries, k)
+                return sims, neighbours.astype(np.int64)
+            except Exception as error:  # noqa: BLE001 - any faiss GPU failure: the torch search gives the same
+                reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]}"
+                _gpu_failed_at_run_time.append(reason)
+                _fall_back(reason)
+                return _torch_top_k(base, queries, k, batch_size)
         index = faiss.IndexFlatIP(base.shape[1])
-        if _faiss_gpu_available():
-            index = faiss.index_cpu_to_all_gpus(index)
         index.add(base)
         sims, neighbours = index.search(queries, k)
         return sims, neighbours.astype(np.int64)
     if backend == "torch":
-        x, q = torch.from_numpy(base), torch.from_numpy(queries)
-        sims = np.empty((len(q), k), dtype=np.float32)
-        neighbours = np.empty((len(q), k), dtype=np.int64)
-        for start in range(0, len(q), batch_size):  # one (batch, N) block at a time: memory O(batch·N)
-            top = torch.topk(q[start : start + batch_size] @ x.T, k, dim=1)
-            sims[start : start + batch_size] = top.values.numpy()
-            neighbours[start : start + batch_size] = top.indices.numpy()
-        return sims, neighbours
+        return _torch_top_k(base, queries, k, batch_size)
     raise ValueError(f"unknown kNN backend {backend!r}; use 'auto', 'faiss' or 'torch'")
 
 

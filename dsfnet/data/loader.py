@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -44,22 +45,37 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _decode_uncached(self, path: str):
+        with Image.open(path) as img:
+            image = img.convert("RGB")
+        return self.prefix(image) if self.prefix is not None else image
+
     def _decoded(self, path: str):
         key = (str(path), self.cache_key)
         image = self.cache.get(key)
         if image is None:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-            image = self.prefix(image) if self.prefix is not None else image
+            image = self._decode_uncached(path)
             self.cache[key] = image
         return image
 
-    def preload(self) -> None:
-        """Fill the cache now (what the first epoch does on the way)."""
+    def preload(self, threads: int = 1) -> None:
+        """Fill the cache now (what the first epoch otherwise does on the way), decoding in `threads` threads.
+
+        Loader workers forked afterwards read the filled cache without copying it (pixel buffers are
+        never written); before the fork each worker would fill its own copy and drop it with the epoch.
+        """
         if self.cache is None:
             raise ValueError("preload needs a dataset built with a cache dict")
-        for record in self.records:
-            self._decoded(record.path)
+        paths = dict.fromkeys(str(r.path) for r in self.records)
+        missing = [path for path in paths if (path, self.cache_key) not in self.cache]
+        if threads <= 1:
+            for path in missing:
+                self._decoded(path)
+            return
+        with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding and resizing
+            images = list(pool.map(self._decode_uncached, missing))
+        for path, image in zip(missing, images, strict=True):
+            self.cache[(path, self.cache_key)] = image
 
     def __getitem__(self, index: int):
         record = self.records[index]

@@ -41,10 +41,13 @@ class _GroupedBatchNorm:
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
         momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        sizes = [end - start for start, end in group_bounds(len(x), self.group_size)]
         chunks = []
-        for number, (start, end) in enumerate(group_bounds(len(x), self.group_size)):
+        # one split, not slices: its backward concatenates the groups' gradients instead of adding up one
+        # zero-filled batch-sized gradient per group (1.25x the plain iteration on MobileNetV2 otherwise)
+        for number, group in enumerate(x.split(sizes)):
             tracked = number == 0 and self.track_running_stats
-            chunks.append(F.batch_norm(x[start:end], self.running_mean if tracked else None,
+            chunks.append(F.batch_norm(group, self.running_mean if tracked else None,
                                        self.running_var if tracked else None, self.weight, self.bias,
                                        True, momentum, self.eps))
         return torch.cat(chunks)
