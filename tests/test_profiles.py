@@ -66,7 +66,8 @@ def test_market1501_sets_the_paper_values(params_file):
     assert (params.model.arch, params.model.last_stride, params.model.pooling) == ("resnet50", 1, "avg")
     train = params.train
     assert (train.epochs, train.iters, train.batch_size, train.num_instances) == (50, 200, 256, 16)
-    assert (train.height, train.width, train.workers, train.feature_batch_size) == (256, 128, 4, 256)
+    assert (train.height, train.width, train.workers, train.feature_batch_size) == (256, 128, 8, 256)
+    assert train.bn_group == 64  # BN over 64 images, as on each of the published runs' 4 GPUs
     assert train.lr == pytest.approx(3.5e-4) and train.weight_decay == pytest.approx(5e-4)
     assert (params.cluster.k1, params.cluster.k2, params.cluster.eps, params.cluster.min_samples) == (30, 6, 0.6, 4)
     assert params.dsfnet.finet.enabled and params.dsfnet.scnet.enabled and params.dsfnet.ddo.enabled
