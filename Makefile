@@ -61,14 +61,21 @@ test: $(VENV)/.installed-dev
 
 # the Prefect server (flows, deployments, schedules) and the MLflow UI (runs, models), on 127.0.0.1
 ui: $(VENV)/.installed
-	@$(OFFLINE) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect-server.log 2>&1 & echo $$! > .prefect-server.pid
-	@$(OFFLINE) $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) > .mlflow-ui.log 2>&1 & echo $$! > .mlflow-ui.pid
+	@PREFECT_UI_API_URL=$(PREFECT_UI_URL)/api setsid $(OFFLINE) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect-server.log 2>&1 & echo $$! > .prefect-server.pid
+	@setsid $(OFFLINE) $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) > .mlflow-ui.log 2>&1 & echo $$! > .mlflow-ui.pid
 	@echo "Prefect UI: $(PREFECT_UI_URL)   (logs: .prefect-server.log)"
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)   (logs: .mlflow-ui.log)"
 	@echo "next: make serve-flow   (the nightly deployment); stop both with: make ui-stop"
 
+# each server runs in its own session (setsid): its pid is its process group, which holds every worker it
+# started (MLflow's uvicorn/gunicorn workers too); TERM the group, wait up to 10 s, then KILL what is left
 ui-stop:
-	-@kill $$(cat .prefect-server.pid .mlflow-ui.pid 2>/dev/null) 2>/dev/null; rm -f .prefect-server.pid .mlflow-ui.pid
+	-@for f in .prefect-server.pid .mlflow-ui.pid; do \
+		[ -f $$f ] || continue; pid=$$(cat $$f); kill -TERM -$$pid 2>/dev/null; \
+		for i in $$(seq 50); do pgrep -g $$pid >/dev/null || break; sleep 0.2; done; \
+		kill -KILL -$$pid 2>/dev/null; \
+		for i in $$(seq 50); do pgrep -g $$pid >/dev/null || break; sleep 0.2; done; rm -f $$f; \
+	done; true
 
 # the registered model over HTTP, e.g. `make serve MODEL=models:/dsfnet-reid/3 SERVE_PORT=5002`
 serve: $(VENV)/.installed
