@@ -78,6 +78,8 @@ def test_group_size_per_process_and_errors_name_the_setting():
         bn_group_for_rank(48, 256, 1)
     with pytest.raises(ValueError, match="train.bn_group must be >= 0"):
         use_bn_groups(nn.BatchNorm1d(3), -1)
+    with pytest.raises(ValueError, match="train.bn_group must be >= 0"):
+        bn_group_for_rank(-64, 256, 1)
 
 
 def test_one_process_with_bn_groups_steps_like_four_ddp_processes(tmp_path):

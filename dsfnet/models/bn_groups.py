@@ -88,8 +88,10 @@ def use_bn_groups(model: nn.Module, group_size: int) -> int:
 
 def bn_group_for_rank(bn_group: int, batch_size: int, world: int) -> int:
     """The group size each process applies: DDP ranks already normalise their own share of the batch."""
+    if bn_group < 0:
+        raise ValueError(f"train.bn_group must be >= 0 (0: BatchNorm over the whole batch), got {bn_group}")
     per_rank = batch_size // world
-    if bn_group <= 0 or bn_group >= per_rank:
+    if bn_group == 0 or bn_group >= per_rank:
         return 0
     if per_rank % bn_group:
         raise ValueError(f"train.bn_group ({bn_group}) must divide the batch each process sees "
