@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.serving import encode_image
 from tests.project import PROJECT_ROOT, dvc, git, make_project, stale
-from tests.test_serving import free_port, served
+from tests.test_serving import free_port, served, wait_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -64,20 +63,6 @@ def background(command: list[str], log: Path, env: dict[str, str], cwd: Path):
             except subprocess.TimeoutExpired:
                 continue
         handle.close()
-
-
-def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args[:4]} exited ({process.returncode}): {log.read_text()[-3000:]}")
-        try:
-            if requests.get(url, timeout=3).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    pytest.fail(f"{url} did not answer within {timeout:.0f} s: {log.read_text()[-3000:]}")
 
 
 def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -141,8 +126,8 @@ def cluster(tmp_path_factory):
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
             prefect_log, server_env, root))
         mlflow_url, prefect_api = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}/api"
-        wait_for(f"{mlflow_url}/health", mlflow_server, mlflow_log)
-        wait_for(f"{prefect_api}/health", prefect_server, prefect_log)
+        wait_ok(f"{mlflow_url}/health", process=mlflow_server, log=mlflow_log)
+        wait_ok(f"{prefect_api}/health", process=prefect_server, log=prefect_log)
         env = tool_env(PREFECT_HOME=str(root / "prefect-home"), PREFECT_API_URL=prefect_api,
                        MLFLOW_TRACKING_URI=mlflow_url, DSFNET_PROJECT_DIR=str(project))
         prefect = str(BIN / "prefect")

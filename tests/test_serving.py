@@ -36,6 +36,43 @@ HEIGHT, WIDTH = 32, 16
 pytestmark = pytest.mark.e2e
 
 
+def register_champion(root: Path, checkpoint: Path, tags: dict[str, str] | None = None) -> str:
+    """Log `checkpoint` as the register stage does into root/mlflow.db as dsfnet-reid v1 @champion (with
+    `tags` on the version); returns the store's URI."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    cwd = os.getcwd()
+    os.chdir(root)  # the default artifact root is relative to the working directory
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        with mlflow.start_run():
+            log_reid_model(checkpoint, flip=True, registered_model_name="dsfnet-reid")
+        client = MlflowClient()
+        client.set_registered_model_alias("dsfnet-reid", "champion", "1")
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag("dsfnet-reid", "1", key, value)
+    finally:
+        os.chdir(cwd)
+    return uri
+
+
+def wait_ok(url: str, timeout: float = 240, process: subprocess.Popen | None = None,
+            log: Path | None = None) -> None:
+    """Until `url` answers 200; fails with the log's tail when `process` exits first or time runs out."""
+    tail = (lambda: log.read_text()[-3000:]) if log is not None else (lambda: "")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"{process.args[:4]} exited ({process.returncode}): {tail()}")
+        try:
+            if requests.get(url, timeout=3).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} did not answer within {timeout:.0f} s: {tail()}")
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """(working dir, tracking URI, query records) with models:/dsfnet-reid@champion registered."""
@@ -45,17 +82,7 @@ def registry(tmp_path_factory):
                     width=WIDTH)
     data = generate_synthetic(root / "data", SyntheticConfig(profile="tiny", height=HEIGHT * 2, width=WIDTH * 2),
                               progress=False)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    cwd = os.getcwd()
-    os.chdir(root)  # the default artifact root is relative to the working directory
-    try:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        with mlflow.start_run():
-            log_reid_model(root / "model.pt", flip=True, registered_model_name="dsfnet-reid")
-        MlflowClient().set_registered_model_alias("dsfnet-reid", "champion", "1")
-    finally:
-        os.chdir(cwd)
+    uri = register_champion(root, root / "model.pt")
     return root, uri, data.query[:5]
 
 

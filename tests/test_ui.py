@@ -14,21 +14,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import mlflow
 import pytest
-import requests
 import torch
-from mlflow.tracking import MlflowClient
 
 from dsfnet.checkpoint import save_checkpoint
 from dsfnet.config import DSFNetConfig
 from dsfnet.models import ModelConfig, build_model
-from pipeline.serving import log_reid_model
+from tests import test_serving as serving
 from tests.project import PROJECT_ROOT, make_project
-from tests.test_serving import free_port
+from tests.test_serving import free_port, wait_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -69,18 +65,6 @@ def browse(browser: str, url: str, screenshot: Path) -> str:
                           check=True).stdout
 
 
-def wait_ok(url: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=3).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    pytest.fail(f"{url} did not answer within {timeout:.0f} s")
-
-
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -95,20 +79,7 @@ def register_champion(project: Path) -> None:
     torch.manual_seed(0)
     save_checkpoint(project / "model.pt", build_model(ModelConfig(), DSFNetConfig.baseline()), ModelConfig(),
                     height=32, width=16)
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    cwd = os.getcwd()
-    os.chdir(project)  # the default artifact root is relative to the working directory
-    try:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        with mlflow.start_run():
-            log_reid_model(project / "model.pt", flip=True, registered_model_name="dsfnet-reid")
-        client = MlflowClient()
-        client.set_registered_model_alias("dsfnet-reid", "champion", "1")
-        client.set_model_version_tag("dsfnet-reid", "1", "mAP", "42.5")
-        client.set_model_version_tag("dsfnet-reid", "1", "git.commit", "0123abc")
-    finally:
-        os.chdir(cwd)
+    serving.register_champion(project, project / "model.pt", {"mAP": "42.5", "git.commit": "0123abc"})
 
 
 def test_the_uis_show_the_deployment_and_the_champion_and_ui_stop_ends_everything(tmp_path):
