@@ -12,15 +12,18 @@ and each run leaves a markdown artifact (metrics, gate decisions, links). Flow p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -56,10 +59,32 @@ def _log_flow_failure(flow, flow_run, state) -> None:
     print(f"flow run {flow_run.name} {state.type.value.lower()}: {message[0] if message else ''}", file=sys.stderr)
 
 
+def stop_stage_commands(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Kill what DVC runs, not DVC: killed itself, DVC can die halfway through writing dvc.lock, and the
+    next `dvc repro` then refuses the file. DVC sees its command killed and exits on its own, leaving
+    the lock as it was. Whatever is left of the process group after `grace_s` is killed."""
+    try:
+        leader = psutil.Process(process.pid)
+    except psutil.NoSuchProcess:
+        return
+    deadline = time.monotonic() + grace_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            children = leader.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        time.sleep(0.1)  # DVC may be between two commands: catch the next one as it starts
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 @task(task_run_name="dvc repro {stage}", cache_policy=NO_CACHE, on_failure=[_log_task_failure])
 def run_dvc_stage(stage: str, project_dir: str, timeout_s: float | None = None) -> str:
     """Returns 'skipped' when DVC found the stage up to date, else 'ran'. Past `timeout_s` the stage's
-    whole process group is killed and the task fails."""
+    commands are killed (`stop_stage_commands`) and the task fails."""
     logger = get_run_logger()
     command = [sys.executable, "-m", "dvc", "repro", stage]
     logger.info("%s (in %s)", " ".join(command[2:]), project_dir)
@@ -69,7 +94,7 @@ def run_dvc_stage(stage: str, project_dir: str, timeout_s: float | None = None) 
 
     def kill() -> None:
         timed_out.set()
-        os.killpg(process.pid, signal.SIGKILL)
+        stop_stage_commands(process)
 
     watchdog = threading.Timer(timeout_s, kill) if timeout_s else None
     if watchdog:

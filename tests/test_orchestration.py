@@ -196,6 +196,41 @@ def test_a_stage_past_its_timeout_is_killed_and_fails_the_flow(project):
     with pytest.raises(StageError, match=r"'train' timed out after 0.02 min \(flow.timeout_min.train\)"):
         state.result()
     assert (project / "metrics/monitor.json").stat().st_mtime_ns == monitored  # later stages did not run
+    status = dvc(project, "status")  # the kill left dvc.lock whole: DVC still reads it
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "train" in yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+
+
+LEADER = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print("started", flush=True)
+code = child.wait()
+open(sys.argv[1], "w").write(str(code))  # what DVC does when its command dies: notices, cleans up, exits
+sys.exit(1)
+"""
+
+
+def test_a_timed_out_stage_loses_its_command_but_dvc_finishes_on_its_own(tmp_path):
+    from pipeline.flows import stop_stage_commands
+
+    marker = tmp_path / "leader_saw"
+    leader = subprocess.Popen([sys.executable, "-c", LEADER, str(marker)], stdout=subprocess.PIPE,
+                              start_new_session=True)
+    assert leader.stdout.readline().strip() == b"started"
+    stop_stage_commands(leader, grace_s=20)
+    assert leader.wait(timeout=20) == 1  # the leader exited by itself, after its child was killed
+    assert marker.read_text() == str(-signal.SIGKILL)
+
+
+def test_a_timed_out_leader_that_will_not_stop_is_killed_after_the_grace_period(tmp_path):
+    from pipeline.flows import stop_stage_commands
+
+    leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    started = time.monotonic()
+    stop_stage_commands(leader, grace_s=1)
+    assert leader.wait(timeout=20) == -signal.SIGKILL
+    assert time.monotonic() - started < 15
 
 
 def test_train_gpus_2_runs_the_stage_under_torchrun_on_cpu(project):
