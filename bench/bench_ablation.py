@@ -96,6 +96,7 @@ def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: Cluster
             "purity_per_epoch": [h.purity for h in result.history],
             "pair_precision_per_epoch": [h.pair_precision for h in result.history],
             "pair_recall_per_epoch": [h.pair_recall for h in result.history],
+            "cross_camera_pair_recall_per_epoch": [h.cross_camera_pair_recall for h in result.history],
             "clusters_per_epoch": [h.num_clusters for h in result.history], "method": enabled_parts(settings)}
 
 

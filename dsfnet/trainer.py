@@ -65,6 +65,8 @@ class EpochStats:
     train_s: float
     pair_precision: float = float("nan")  # same-cluster pairs that share an identity (ground truth)
     pair_recall: float = float("nan")  # same-identity pairs put in one cluster (ground truth)
+    cross_camera_pair_precision: float = float("nan")  # the same, over pairs from two cameras only
+    cross_camera_pair_recall: float = float("nan")
     hard_samples: int = 0  # SCNet: samples found hard (intra- or inter-class)
     intra_hard: int = 0
     inter_hard: int = 0

@@ -264,6 +264,8 @@ def test_monitor_report_statistics_and_plots(run):
     assert np.isnan(epochs["label_churn"].iloc[0]) and epochs["label_churn"].iloc[1] == pytest.approx(churn)
     assert monitor["statistics"]["label_churn"] == pytest.approx(churn)
     assert monitor["num_clusters"] == epochs["num_clusters"].iloc[-1]
+    recall = epochs["cross_camera_pair_recall"].iloc[-1]  # counted by dsfnet.label_stats (test_monitoring)
+    assert 0 <= recall <= 1 and monitor["statistics"]["cross_camera_pair_recall"] == pytest.approx(recall)
     assert "embedding_drift" in monitor["drift"] and "cluster_size_drift" in monitor["drift"]
     for name in ("pseudo_labels.html", "epochs.png", "current.npz", "reference.npz"):
         assert (project / "reports/monitor" / name).stat().st_size > 0, name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -12,7 +13,7 @@ from evidently import DataDefinition, Dataset, Report
 from evidently.metrics import ValueDrift
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from dsfnet.label_stats import epoch_statistics, gini, label_churn, multi_camera_share
+from dsfnet.label_stats import cross_camera_pair_quality, epoch_statistics, gini, label_churn, multi_camera_share
 from pipeline.monitoring import (
     MonitorData,
     drift_scores,
@@ -62,6 +63,28 @@ def test_label_churn_is_one_minus_ari_on_samples_clustered_in_both_epochs():
     assert label_churn(previous, current) == pytest.approx(1 - adjusted_rand_score(previous[both], current[both]))
 
 
+def test_cross_camera_pair_scores_match_a_brute_force_count_over_pairs():
+    rng = np.random.default_rng(0)
+    truth, camids = rng.integers(0, 6, 60) * 7 + 3, rng.integers(0, 3, 60)  # ids need not be 0..n-1
+    labels = np.where(rng.random(60) < 0.2, -1, (truth + (rng.random(60) < 0.3)) % 5)
+    together = predicted = actual = 0
+    for i, j in itertools.combinations(range(60), 2):
+        if camids[i] == camids[j]:
+            continue
+        actual += truth[i] == truth[j]
+        if labels[i] >= 0 and labels[i] == labels[j]:
+            predicted += 1
+            together += truth[i] == truth[j]
+    scores = epoch_statistics(labels, camids, None, truth)
+    assert together and predicted > together and actual > together  # the draw exercises every count
+    assert scores["cross_camera_pair_precision"] == pytest.approx(together / predicted)
+    assert scores["cross_camera_pair_recall"] == pytest.approx(together / actual)
+    # clusters that never cross a camera ("one person in one camera") teach nothing about cross-camera pairs
+    camera_local = cross_camera_pair_quality(truth * 3 + camids, truth, camids)
+    assert camera_local == {"cross_camera_pair_precision": 0.0, "cross_camera_pair_recall": 0.0}
+    assert epoch_statistics(truth * 3 + camids, camids, None, truth)["purity"] == 1.0
+
+
 def test_epoch_statistics_leave_ground_truth_scores_out_without_identities():
     labels = np.array([0, 0, 1, 1, 1, -1])
     stats = epoch_statistics(labels, np.array([0, 1, 0, 0, 0, 1]), None, None)
@@ -79,6 +102,10 @@ def test_monitored_statistics_of_a_tiny_labelled_epoch_by_hand():
     assert stats["pair_precision"] == pytest.approx(2 / 4)  # same-cluster pairs 3 + 1, of which same id 1 + 1
     assert stats["pair_recall"] == pytest.approx(2 / 4)  # same-id pairs 1 (id 5) + 3 (id 7), 2 of them together
     assert stats["nmi"] == pytest.approx(normalized_mutual_info_score([5, 5, 6, 7, 7], [0, 0, 0, 1, 1]))
+    # cross-camera pairs: in cluster 0, (0,1) and (1,2), one of them the same id; cluster 1 is camera 1 only;
+    # same-id cross-camera pairs: (0,1) of id 5, (3,5) and (4,5) of id 7
+    assert stats["cross_camera_pair_precision"] == pytest.approx(1 / 2)
+    assert stats["cross_camera_pair_recall"] == pytest.approx(1 / 3)
     assert stats["largest_cluster_ratio"] == pytest.approx(3 / 6)
     assert stats["median_cluster_size"] == 2.5 and stats["multi_camera_share"] == 0.5  # cluster 1: camera 1 only
     assert "loss" not in stats and "epoch" not in stats

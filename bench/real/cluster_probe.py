@@ -26,7 +26,7 @@ from dsfnet.cluster.scnet import secondary_clustering
 from dsfnet.config import DSFNetConfig, ModelConfig
 from dsfnet.data import load_dataset
 from dsfnet.features import extract_features
-from dsfnet.label_stats import label_quality, multi_camera_share
+from dsfnet.label_stats import cross_camera_pair_quality, label_quality, multi_camera_share
 from dsfnet.models import build_model
 
 
@@ -35,24 +35,10 @@ def row(labels: np.ndarray, truth: np.ndarray, camids: np.ndarray) -> str:
     p, r = q["pair_precision"], q["pair_recall"]
     f1 = 2 * p * r / (p + r) if p + r else 0.0
     largest = np.bincount(labels[labels >= 0]).max() if (labels >= 0).any() else 0
-    xp, xr = cross_camera_pairs(labels, truth, camids)
+    cross = cross_camera_pair_quality(labels, truth, camids)
+    xp, xr = cross["cross_camera_pair_precision"], cross["cross_camera_pair_recall"]
     return (f"{labels.max() + 1:>8} {(labels < 0).sum():>8} {q['purity']:>6.3f} {p:>9.3f} {r:>6.3f} {f1:>5.3f} "
             f"{multi_camera_share(labels, camids):>8.3f} {largest:>7} {xp:>6.3f} {xr:>6.3f}")
-
-
-def cross_camera_pairs(labels: np.ndarray, truth: np.ndarray, camids: np.ndarray) -> tuple[float, float]:
-    """Pairwise precision and recall over pairs from different cameras only: what cross-camera retrieval
-    learns from (a clustering of within-camera groups scores 0 recall here)."""
-    def pairs(keys: np.ndarray, rows: np.ndarray) -> float:
-        _, key_idx = np.unique(keys[rows], axis=0, return_inverse=True)
-        total = np.bincount(key_idx.ravel()).astype(np.float64)
-        return float((total * (total - 1) / 2).sum())
-    def cross(group: np.ndarray, rows: np.ndarray) -> float:  # pairs within group minus pairs within group×camera
-        return pairs(group[:, None], rows) - pairs(np.stack([group, camids], 1), rows)
-    kept = np.flatnonzero(labels >= 0)
-    together = cross(labels * (truth.max() + 1) + truth, kept)
-    predicted, actual = cross(labels, kept), cross(truth, np.arange(len(truth)))
-    return (together / predicted if predicted else 0.0), (together / actual if actual else 0.0)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ CURRENT_ARTIFACT = "monitor/current.npz"  # logged with every run: a later run's
 CURVES = [  # (title, columns) of reports/monitor/epochs.png
     ("clusters", ["num_clusters"]),
     ("outliers and churn", ["outlier_ratio", "label_churn"]),
-    ("agreement with ground truth", ["purity", "nmi", "ari"]),
+    ("agreement with ground truth", ["purity", "nmi", "ari", "cross_camera_pair_recall"]),
     ("cluster shape", ["size_gini", "multi_camera_share"]),
 ]
 
