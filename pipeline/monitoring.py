@@ -24,14 +24,14 @@ from evidently.legacy.renderers.html_widgets import table_data
 from evidently.metrics import EmbeddingsDrift, ValueDrift
 from evidently.metrics.embeddings import DistanceDriftMethod
 
+from dsfnet.label_stats import GROUND_TRUTH_KEYS
 from pipeline.params import MonitorParams
 
 # the last epoch's statistics shown in the report (ground-truth ones only when the dataset has identities)
 STATISTICS = ["num_clusters", "outlier_ratio", "largest_cluster_ratio", "median_cluster_size", "size_gini",
               "multi_camera_share", "label_churn", "hard_samples", "purity", "nmi", "ari", "pair_precision",
               "pair_recall", "cross_camera_pair_precision", "cross_camera_pair_recall"]
-GROUND_TRUTH = {"purity", "nmi", "ari", "pair_precision", "pair_recall", "cross_camera_pair_precision",
-                "cross_camera_pair_recall"}
+GROUND_TRUTH = set(GROUND_TRUTH_KEYS)
 GATE_TABLE_HEADER = ["statistic", "this run", "reference", "gate (params.yaml)", "rule", "verdict"]
 
 
