@@ -1,17 +1,22 @@
-"""DSFNet on real images (CUHK03 detected, bench/real/): untrained, baseline, +each part and full DSFNet,
+"""DSFNet on real images (Market-1501, CUHK03; bench/real/): untrained, baseline, +each part and full DSFNet,
 from random and from ImageNet initialisation, over seeds.
 
-    python bench/real/cuhk03_manifest.py --images DIR/dataset/images/full --out DIR/cuhk03.csv   # once
-    python bench/bench_real.py --manifest DIR/cuhk03.csv [--inits random imagenet] [--seeds 1 2 3]
+    # official protocol: train on bounding_box_train, query vs bounding_box_test (seeds that informed no choice)
+    python bench/bench_real.py --dataset market1501 --root DIR/market1501 --protocol official --seeds 2 3 4
+    # validation protocol (every choice is made here): a manifest of held-out training identities
+    python bench/real/market_split.py --root DIR/market1501 --out DIR/market_val.csv      # once
+    python bench/bench_real.py --manifest DIR/market_val.csv --protocol validation [--inits random imagenet]
                                [--variants untrained baseline finet scnet ddo full] [--epochs 12 --iters 40]
                                [--size 128x64] [--eps 0.6] [--camera-norm] [--set scnet.sub_distance=0.7 ...]
-                               [--out bench/results/real_cuhk03.json]
+                               [--out bench/results/real_market.json]
 
 random: ResNet-18 from scratch (the CPU default's network); imagenet: MobileNetV2 with ImageNet weights and
 last stride 1 (`make imagenet-weights` first). Both use the CPU recipe of params.yaml otherwise. Each row
-is the last epoch's flip-averaged mAP / rank-1 and pseudo-label purity (the manifest's train ids score the
-pseudo-labels only; training never reads them). Rows already in --out with the same settings are skipped,
-so an interrupted bench continues. Tune on some seeds, report on others.
+is the last epoch's flip-averaged mAP / rank-1 and pseudo-label purity (the train ids score the pseudo-labels
+only; training never reads them), tagged with its dataset and protocol. Rows already in --out with the same
+dataset, protocol and settings are skipped, so an interrupted bench continues. Tune on the validation protocol,
+report on the official one with other seeds. (CUHK03 rows: --manifest DIR/cuhk03.csv --out
+bench/results/real_cuhk03.json.)
 """
 
 from __future__ import annotations
@@ -61,7 +66,13 @@ def table(rows: list[dict], inits: list[str], variants: list[str], seeds: list[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", type=Path, required=True, help="the CSV bench/real/cuhk03_manifest.py wrote")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", type=Path,
+                        help="a folder-reader CSV (bench/real/market_split.py, cuhk03_manifest.py)")
+    source.add_argument("--root", type=Path, help="a dataset folder, read by --dataset's reader")
+    parser.add_argument("--dataset", default="market1501", help="the reader for --root (any dsfnet.data reader)")
+    parser.add_argument("--protocol", choices=["validation", "official"], required=True,
+                        help="validation: held-out training identities (tuning); official: the dataset's test split")
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--variants", nargs="+", default=["untrained", "baseline", "finet", "scnet", "ddo", "full"],
@@ -75,7 +86,7 @@ def main() -> None:
     parser.add_argument("--camera-penalty", type=float, default=0.0, help="cluster.camera_penalty")
     parser.add_argument("--set", nargs="*", default=[], metavar="PART.KEY=VALUE",
                         help="DSFNet settings for the variants that enable PART, e.g. scnet.sub_distance=0.7")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/real_cuhk03.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/real_market.json"))
     parser.add_argument("--save-models", type=Path, metavar="DIR",
                         help="keep each trained state dict as DIR/<init>-<variant>-seed<N>.pt")
     args = parser.parse_args()
@@ -89,8 +100,10 @@ def main() -> None:
                          *([f"k1={args.k1}"] if args.k1 != 30 else []),
                          *([f"camera_penalty={args.camera_penalty}"] if args.camera_penalty else []),
                          *(f"{k}={v}" for k, v in sorted(overrides.items()))])
-    data = load_dataset("folder", args.manifest)
-    print(f"{args.manifest}: {len(data.train)} train, {len(data.query)} query, {len(data.gallery)} gallery; "
+    data = load_dataset("folder", args.manifest) if args.manifest else load_dataset(args.dataset, args.root)
+    dataset = args.manifest.stem if args.manifest else args.dataset  # e.g. market_val: the split rows were tuned on
+    print(f"{args.manifest or args.root} ({dataset}, {args.protocol}): {len(data.train)} train, "
+          f"{len(data.query)} query, {len(data.gallery)} gallery; "
           f"{settings}", flush=True)
     rows = json.loads(args.out.read_text()) if args.out.is_file() else []
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,18 +111,21 @@ def main() -> None:
         for seed in args.seeds:
             for variant in args.variants:
                 parts = None if variant == "untrained" else enabled_parts(method(variant, overrides))
-                if any((r["init"], r["variant"], r["seed"], r["settings"], r["method"]) ==
-                       (init, variant, seed, settings, parts) for r in rows):
+                if any((r["init"], r["variant"], r["seed"], r["settings"], r["method"], r.get("dataset"),
+                        r.get("protocol")) == (init, variant, seed, settings, parts, dataset, args.protocol)
+                       for r in rows):
                     continue
                 row = (untrained(data, init, seed, config) if variant == "untrained" else
                        run_one(data, variant, seed, config, cluster, overrides, INITS[init],
                                save_to=args.save_models and args.save_models / f"{init}-{variant}-seed{seed}.pt"))
-                rows.append({**row, "init": init, "settings": settings})
+                rows.append({**row, "init": init, "settings": settings, "dataset": dataset,
+                             "protocol": args.protocol})
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{init:>8} {variant:>11} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "
                       f"purity {row['purity']:.3f} ({row['minutes']:.1f} min)", flush=True)
     print(settings)
-    print(table([r for r in rows if r["settings"] == settings], args.inits, args.variants, args.seeds))
+    print(table([r for r in rows if (r["settings"], r.get("dataset"), r.get("protocol")) ==
+                 (settings, dataset, args.protocol)], args.inits, args.variants, args.seeds))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The great-expectations suites over the dataset: the manifest, and the files the reader refused.
+"""The great-expectations suites over the dataset: the manifest, the files the reader refused, and the
+operating-system litter it skipped (an info-level count in the data docs, never a failure).
 
 Checks that need more than one row or the image bytes (cross-camera matches, train/test identity overlap,
 decoding, duplicates across splits, identity and camera sizes) are computed here as derived columns, so
@@ -19,7 +20,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from dsfnet.data.market1501 import MARKET_NAME
+from dsfnet.data.market1501 import MARKET_NAME, repeats_extension
 from pipeline.params import ValidateParams
 
 MARKET_LAYOUT_DATASETS = {"market1501", "synthetic"}
@@ -60,6 +61,10 @@ def inspect_image(path: str, decode: bool) -> ImageFacts:
 def derive_columns(manifest: pd.DataFrame, params: ValidateParams) -> pd.DataFrame:
     frame = manifest.copy()
     frame["file_name"] = frame["path"].astype(str).map(os.path.basename)
+    frame["repeated_extension"] = [repeats_extension(name, os.path.splitext(name)[1]) for name in frame["file_name"]]
+    # the name as the readers parse it: a repeated extension (Market's `….jpg.jpg`) counts once
+    frame["file_name_read"] = [name[:-len(os.path.splitext(name)[1])] if repeated else name
+                               for name, repeated in zip(frame["file_name"], frame["repeated_extension"], strict=True)]
     facts = [inspect_image(p, params.check_images) for p in tqdm(frame["path"].astype(str), desc="inspect images")]
     for column in ("size_bytes", "decodes", "width", "height"):
         frame[column] = [getattr(f, column) for f in facts]
@@ -153,9 +158,12 @@ def manifest_checks(frame: pd.DataFrame, dataset_name: str, num_cameras: int | N
                 description="no query has a gallery image of its identity from another camera: "
                             "nothing can be evaluated")),
         ]
+    checks.append(Check("single_extension", gxe.ExpectColumnValuesToBeInSet(
+        column="repeated_extension", value_set=[False], severity="warning",
+        description="file name repeats its extension (e.g. ….jpg.jpg); read as the reference loaders read it")))
     if dataset_name in MARKET_LAYOUT_DATASETS:
         checks.append(Check("market_file_names", gxe.ExpectColumnValuesToMatchRegex(
-            column="file_name", regex=MARKET_NAME.pattern.replace("(", "(?:"),  # no groups: pandas warns on them
+            column="file_name_read", regex=MARKET_NAME.pattern.replace("(", "(?:"),  # no groups: pandas warns on them
             description="file name does not follow PPPP_cCsS_FFFFFF_BB.jpg")))
     return checks
 
@@ -166,6 +174,13 @@ def rejected_checks() -> list[Check]:
         column="reason", description="file in a dataset folder that the reader could not use"))]
 
 
+def ignored_checks() -> list[Check]:
+    """Operating-system litter the reader skipped: listed and counted at info level, never a failure."""
+    return [Check("os_files_ignored", gxe.ExpectColumnValuesToBeNull(
+        column="reason", severity="info",
+        description="operating-system file skipped (Thumbs.db, .DS_Store, desktop.ini, ._*)"))]
+
+
 @dataclass
 class ValidationOutcome:
     success: bool
@@ -173,6 +188,7 @@ class ValidationOutcome:
     failed: int
     problems: list[str]  # one line per failed critical expectation, naming the bad rows
     warnings: list[str]  # the same for warning-level expectations (reported, not fatal)
+    notes: list[str] = field(default_factory=list)  # info-level expectations (e.g. skipped litter): counts only
     results: dict[str, dict] = field(default_factory=dict)  # per check: success, unexpected, severity
 
 
@@ -189,8 +205,11 @@ def _describe(result, reasons: dict[str, str]) -> str:
 
 
 def validate_dataset(frame: pd.DataFrame, rejected: pd.DataFrame, dataset_name: str, num_cameras: int | None,
-                     params: ValidateParams, context_dir: Path, docs_dir: Path) -> ValidationOutcome:
-    """Run both suites through one GX checkpoint (file-backed context), data docs into `docs_dir`."""
+                     params: ValidateParams, context_dir: Path, docs_dir: Path,
+                     ignored: pd.DataFrame | None = None) -> ValidationOutcome:
+    """Run the suites through GX checkpoints (file-backed context), data docs into `docs_dir`."""
+    if ignored is None:
+        ignored = pd.DataFrame(columns=["path", "reason"])
     context = gx.get_context(mode="file", project_root_dir=str(context_dir))
     for site in list(context.get_site_names()):
         context.delete_data_docs_site(site)
@@ -200,7 +219,8 @@ def validate_dataset(frame: pd.DataFrame, rejected: pd.DataFrame, dataset_name: 
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
     source = context.data_sources.add_pandas("dataset")
-    checks = {"manifest": manifest_checks(frame, dataset_name, num_cameras, params), "rejected": rejected_checks()}
+    checks = {"manifest": manifest_checks(frame, dataset_name, num_cameras, params), "rejected": rejected_checks(),
+              "ignored": ignored_checks()}
     definitions, keys = [], {}
     for name, suite_checks in checks.items():
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all rows")
@@ -211,7 +231,7 @@ def validate_dataset(frame: pd.DataFrame, rejected: pd.DataFrame, dataset_name: 
             gx.ValidationDefinition(name=name, data=batch, suite=suite)))
     outcome = ValidationOutcome(success=True, evaluated=0, failed=0, problems=[], warnings=[])
     reasons = dict(zip(rejected["path"], rejected["reason"], strict=True))
-    for definition, data in zip(definitions, (frame, rejected), strict=True):
+    for definition, data in zip(definitions, (frame, rejected, ignored), strict=True):
         checkpoint = context.checkpoints.add(gx.Checkpoint(
             name=definition.name, validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data docs", site_names=["reports"])],
@@ -231,6 +251,8 @@ def validate_dataset(frame: pd.DataFrame, rejected: pd.DataFrame, dataset_name: 
             if severity == "critical":
                 outcome.failed += 1
                 outcome.problems.append(_describe(result, reasons))
+            elif severity == "info":
+                outcome.notes.append(_describe(result, {}))
             else:
                 outcome.warnings.append(_describe(result, reasons))
     outcome.success = outcome.failed == 0

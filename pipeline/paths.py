@@ -7,6 +7,7 @@ PREPARED_DIR = Path("data/prepared")
 SYNTHETIC_DIR = PREPARED_DIR / "synthetic"
 MANIFEST = PREPARED_DIR / "manifest.csv"
 REJECTED = PREPARED_DIR / "rejected.csv"  # files found in dataset folders that the reader could not use
+IGNORED = PREPARED_DIR / "ignored.csv"  # operating-system litter found there (Thumbs.db, .DS_Store, ...)
 
 MODEL_DIR = Path("models")
 CHECKPOINT = MODEL_DIR / "model.pt"

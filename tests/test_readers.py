@@ -44,19 +44,43 @@ def test_new_readers_are_registered():
 # ---------------------------------------------------------------- shared Market-style split scan
 
 
-def test_split_scan_rejects_other_extensions_and_skips_hidden_and_folders(tmp_path):
+def test_split_scan_rejects_other_extensions_counts_litter_and_skips_hidden_and_folders(tmp_path):
     _image(tmp_path / "0002_c1s1_000451_03.jpg")
     _image(tmp_path / "0002_c2s1_000451_03.png")
     _text(tmp_path / "Thumbs.db")
     _text(tmp_path / ".DS_Store")
+    _text(tmp_path / "desktop.ini")
+    _text(tmp_path / "._0002_c1s1_000451_03.jpg")  # AppleDouble: a .jpg name that is not an image
+    _text(tmp_path / ".hidden_note")
+    _text(tmp_path / "notes.txt")
     (tmp_path / "sub").mkdir()
     rejected: list[tuple[str, str]] = []
-    records = read_split(tmp_path, MARKET_SCHEME, rejected)
+    ignored: list[tuple[str, str]] = []
+    records = read_split(tmp_path, MARKET_SCHEME, rejected, ignored=ignored)
     assert [(Path(r.path).name, r.pid, r.camid) for r in records] == [("0002_c1s1_000451_03.jpg", 2, 0)]
     assert [(Path(p).name, why) for p, why in rejected] == [
         ("0002_c2s1_000451_03.png", "unexpected extension '.png', expected '.jpg'"),
-        ("Thumbs.db", "unexpected extension '.db', expected '.jpg'"),
+        ("notes.txt", "unexpected extension '.txt', expected '.jpg'"),
     ]
+    assert sorted(Path(p).name for p, _ in ignored) == [".DS_Store", "._0002_c1s1_000451_03.jpg", "Thumbs.db",
+                                                         "desktop.ini"]
+    assert all(why.startswith("operating-system file") for _, why in ignored)
+
+
+def test_market_reads_repeated_extensions_as_the_reference_loaders_do(tmp_path):
+    """Market-1501 as distributed: 24 official query/gallery images are named `….jpg.jpg`."""
+    _image(tmp_path / "bounding_box_train" / "0002_c1s1_000451_03.jpg")
+    _image(tmp_path / "query" / "1488_c1s6_023021_00.jpg.jpg")
+    _image(tmp_path / "bounding_box_test" / "1488_c3s3_071344_00.jpg.jpg")
+    _image(tmp_path / "bounding_box_test" / "0000_c2s3_071344_00.jpg")
+    _image(tmp_path / "bounding_box_test" / "1488_c4s3_000001_00.jpg.png")  # one extension too many is still refused
+    _text(tmp_path / "query" / "Thumbs.db")
+    dataset = load_dataset("market1501", tmp_path)
+    # torchreid / cluster-contrast: re.compile(r'([-\d]+)_c(\d)').search(name) -> raw pid, camera - 1
+    assert [(Path(r.path).name, r.pid, r.camid) for r in dataset.query] == [("1488_c1s6_023021_00.jpg.jpg", 1488, 0)]
+    assert _ids(dataset.gallery) == [(0, 1), (1488, 2)]
+    assert [Path(p).name for p, _ in dataset.rejected] == ["1488_c4s3_000001_00.jpg.png"]
+    assert [Path(p).name for p, _ in dataset.ignored] == ["Thumbs.db"]
 
 
 def test_split_scan_names_the_folder_it_misses(tmp_path):
@@ -112,11 +136,13 @@ def test_veri776_maps_cameras_1_to_20_and_drops_junk(tmp_path):
     _veri_tree(tmp_path)
     _image(tmp_path / "image_test" / "-1_c003_00000001_0.jpg")
     _text(tmp_path / "image_test" / "Thumbs.db")
+    _text(tmp_path / "image_test" / "list.txt")
     dataset = load_dataset("veri776", tmp_path)
     assert _ids(dataset.train) == [(1, 0), (1, 18), (776, 19)]
     assert _ids(dataset.query) == [(2, 1)]
     assert _ids(dataset.gallery) == [(2, 10), (2, 19)]
-    assert [Path(p).name for p, _ in dataset.rejected] == ["Thumbs.db"]
+    assert [Path(p).name for p, _ in dataset.rejected] == ["list.txt"]
+    assert [Path(p).name for p, _ in dataset.ignored] == ["Thumbs.db"]
 
 
 def test_veri776_camera_21_and_two_digit_cameras_are_named(tmp_path):
@@ -271,7 +297,11 @@ def test_folder_tree_maps_camera_names_to_sorted_camids_across_splits(tmp_path):
     _text(tmp_path / "gallery" / "5" / "cam3" / "readme.md")
     _image(tmp_path / "gallery" / "5" / "cam3" / "deeper" / "g.jpg")
     _text(tmp_path / "gallery" / "5" / "cam3" / ".hidden.txt")
+    _text(tmp_path / "gallery" / "5" / "cam3" / "Thumbs.db")
+    _text(tmp_path / "train" / "desktop.ini")
     dataset = load_dataset("folder", tmp_path)
+    assert sorted(str(Path(p).relative_to(tmp_path)) for p, _ in dataset.ignored) == [
+        "gallery/5/cam3/Thumbs.db", "train/desktop.ini"]
     camid = {"cam10": 0, "cam3": 1, "north_gate": 2}  # sorted names, contiguous, same in every split
     by_name = {Path(r.path).name: (r.pid, r.camid) for split in dataset.splits().values() for r in split}
     assert by_name == {"a.jpg": (3, camid["cam3"]), "b.png": (3, camid["north_gate"]),

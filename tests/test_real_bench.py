@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,67 @@ def test_manifest_splits_identities_by_sorted_id_with_one_query_per_camera(tmp_p
     assert {(r.pid, r.camid) for r in data.gallery} == {(4, 0), (4, 1), (5, 0), (5, 1)}
     assert {r.camid for r in data.train if Path(r.path).name.endswith(("_05.jpg", "_06.jpg"))} == {1}
     assert not out.read_text().count(str(tmp_path))  # paths are relative to the manifest: it travels with them
+
+
+def fake_market_train(root: Path) -> None:
+    """bounding_box_train of 5 identities (pids 2, 7, 9, 11, 13), each seen by cameras 1 and 3, plus litter."""
+    folder = root / "bounding_box_train"
+    folder.mkdir(parents=True)
+    for pid in (2, 7, 9, 11, 13):
+        for camera, frame in ((1, 100), (1, 200), (3, 150), (3, 250), (3, 350)):
+            name = f"{pid:04d}_c{camera}s1_{frame:06d}_00.jpg"
+            Image.new("RGB", (16, 32), (pid * 15, camera * 40, 90)).save(folder / name)
+    (folder / "Thumbs.db").write_bytes(b"thumbs")
+    for split in ("query", "bounding_box_test"):  # the official test split: never read by the validation split
+        (root / split).mkdir()
+        Image.new("RGB", (16, 32)).save(root / split / "0500_c2s1_000001_00.jpg")
+
+
+def test_market_validation_split_holds_out_the_last_ids_one_query_per_camera(tmp_path):
+    fake_market_train(tmp_path / "market")
+    out = tmp_path / "splits" / "market_val.csv"
+    done = subprocess.run([sys.executable, "bench/real/market_split.py", "--root", str(tmp_path / "market"),
+                           "--out", str(out), "--val-ids", "2"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          check=True)
+    assert "3 train ids, 2 validation ids; 15 train, 4 query, 6 gallery" in done.stdout
+    data = load_dataset("folder", out)
+    assert sorted({r.pid for r in data.train}) == [2, 7, 9]
+    assert sorted((r.pid, r.camid, Path(r.path).name) for r in data.query) == [
+        (11, 0, "0011_c1s1_000100_00.jpg"), (11, 2, "0011_c3s1_000150_00.jpg"),
+        (13, 0, "0013_c1s1_000100_00.jpg"), (13, 2, "0013_c3s1_000150_00.jpg")]
+    assert sorted(Path(r.path).name for r in data.gallery if r.pid == 11) == [
+        "0011_c1s1_000200_00.jpg", "0011_c3s1_000250_00.jpg", "0011_c3s1_000350_00.jpg"]
+    assert all("bounding_box_train" in r.path for split in data.splits().values() for r in split)
+    assert not out.read_text().count(str(tmp_path))  # relative paths
+
+
+def test_market_validation_split_refuses_holding_out_every_identity(tmp_path):
+    fake_market_train(tmp_path / "market")
+    done = subprocess.run([sys.executable, "bench/real/market_split.py", "--root", str(tmp_path / "market"),
+                           "--out", str(tmp_path / "val.csv"), "--val-ids", "5"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "--val-ids 5: the train split has 5 identities; hold out 1..4" in done.stderr
+    assert not (tmp_path / "val.csv").exists()
+
+
+def test_bench_real_rows_carry_dataset_and_protocol_and_resume(tmp_path):
+    """bench_real.py on a generated Market-layout folder (the official protocol's route), tiny budget."""
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+
+    generate_synthetic(tmp_path / "market", SyntheticConfig(profile="tiny", height=64, width=32), progress=False)
+    out = tmp_path / "rows.json"
+    command = [sys.executable, "bench/bench_real.py", "--dataset", "market1501", "--root", str(tmp_path / "market"),
+               "--protocol", "official", "--inits", "random", "--seeds", "5", "--variants", "untrained", "baseline",
+               "--epochs", "1", "--iters", "2", "--size", "32x16", "--eps", "0.7", "--out", str(out)]
+    first = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    rows = json.loads(out.read_text())
+    assert [(r["variant"], r["seed"], r["dataset"], r["protocol"], r["init"]) for r in rows] == [
+        ("untrained", 5, "market1501", "official", "random"), ("baseline", 5, "market1501", "official", "random")]
+    assert all(0 <= r["mAP"] <= 100 for r in rows) and rows[1]["settings"].startswith("e1x2 32x16 eps0.7")
+    assert "baseline seed 5" in first.stdout
+    again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert "seed 5:" not in again.stdout and len(json.loads(out.read_text())) == 2  # finished rows are skipped
+    validation = subprocess.run([*command[:-2], "--protocol", "validation", "--variants", "untrained",
+                                 "--out", str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert "untrained seed 5" in validation.stdout  # another protocol is another row
+    assert [r["protocol"] for r in json.loads(out.read_text())] == ["official", "official", "validation"]

@@ -167,3 +167,37 @@ def test_skewed_identities_and_small_cameras_only_warn(tree, tmp_path, monkeypat
     assert metrics["expectations"]["camera_sizes"]["success"] is False
     assert metrics["expectations"]["identity_sizes"]["severity"] == "warning"
     assert "fewer than 1000 images" in caplog.text
+
+
+def test_market_as_distributed_passes_litter_counted_repeated_extensions_warned(tree, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """Market-1501's archive: a Thumbs.db in every split folder and names like 1488_c1s6_023021_00.jpg.jpg."""
+    caplog.set_level("INFO")
+    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+        (tree / folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnail cache")
+    (tree / ".DS_Store").write_bytes(b"Bud1")  # at the root: not in a split folder, not read at all
+    doubled = [first(tree, "query"), first(tree, "bounding_box_test")]
+    for path in doubled:
+        path.rename(path.with_name(path.name + ".jpg"))
+    message, metrics = run_validation(tree, tmp_path, monkeypatch)
+    assert message == "" and metrics["success"] is True
+    assert metrics["rejected_files"] == 0 and metrics["ignored_files"] == 3
+    assert metrics["repeated_extension_files"] == 2
+    assert metrics["expectations"]["single_extension"] == {"success": False, "severity": "warning", "unexpected": 2}
+    assert metrics["expectations"]["os_files_ignored"] == {"success": False, "severity": "info", "unexpected": 3}
+    assert metrics["expectations"]["market_file_names"]["success"] is True
+    assert f"{doubled[0].name}.jpg" in caplog.text and "repeats its extension" in caplog.text
+    assert "operating-system file skipped" in caplog.text and "3 row(s)" in caplog.text
+    manifest = (tmp_path / "data/prepared/manifest.csv").read_text()
+    assert f"{doubled[0].name}.jpg" in manifest and "Thumbs.db" not in manifest
+    docs = "".join(p.read_text() for p in (tmp_path / "reports/validate").rglob("*.html"))
+    assert "operating-system file skipped" in docs and "repeats its extension" in docs
+
+
+def test_other_unreadable_files_still_fail_by_name_next_to_litter(tree, tmp_path, monkeypatch):
+    (tree / "query" / "Thumbs.db").write_bytes(b"thumbs")
+    bad = first(tree, "query")
+    bad = bad.rename(bad.with_name(bad.name + ".png"))
+    message, metrics = run_validation(tree, tmp_path, monkeypatch)
+    assert metrics["success"] is False and metrics["ignored_files"] == 1 and metrics["rejected_files"] == 1
+    assert bad.name in message and "unexpected extension '.png'" in message and "Thumbs.db" not in message

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from dsfnet.data.manifest import read_manifest
-from dsfnet.data.records import UNLABELLED, DatasetError, ImageRecord, ReIDDataset
+from dsfnet.data.records import UNLABELLED, DatasetError, ImageRecord, ReIDDataset, os_litter
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # compared case-insensitively: cameras often write .JPG
 TEST_SPLITS = ("query", "gallery")
@@ -37,8 +37,16 @@ FLAT_CAMERA = ""  # the camera name of a flat train/ (sorts before every folder 
 
 
 def _visible(directory: str) -> list[os.DirEntry[str]]:
+    """Entries to judge: hidden files and operating-system litter (counted by `_litter_under`) are skipped."""
     with os.scandir(directory) as entries:
-        return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+        return sorted((e for e in entries if not e.name.startswith(".") and os_litter(e.name) is None),
+                      key=lambda e: e.name)
+
+
+def _litter_under(directory: Path) -> list[tuple[str, str]]:
+    """(path, reason) of every operating-system file (Thumbs.db, .DS_Store, ...) below `directory`."""
+    return [(os.path.join(folder, name), why) for folder, _, names in sorted(os.walk(directory))
+            for name in sorted(names) if (why := os_litter(name)) is not None]
 
 
 def _reject_tree(directory: str, reason: str, rejected: list[tuple[str, str]]) -> None:
@@ -154,7 +162,8 @@ def _read_tree(root: Path, name: str) -> ReIDDataset:
     camids = {camera: camid for camid, camera in enumerate(cameras)}
     splits = {split: [ImageRecord(path, pid, camids[camera]) for path, pid, camera in items]
               for split, items in found.items()}
-    return ReIDDataset(name=name, root=root, rejected=rejected, **splits)
+    ignored = [item for split in ("train", *present) if (root / split).is_dir() for item in _litter_under(root / split)]
+    return ReIDDataset(name=name, root=root, rejected=rejected, ignored=ignored, **splits)
 
 
 def _read_csv(path: Path, name: str) -> ReIDDataset:

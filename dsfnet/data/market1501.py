@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsfnet.data.records import DatasetError, ImageRecord, ReIDDataset
+from dsfnet.data.records import DatasetError, ImageRecord, ReIDDataset, os_litter
 
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)s(\d+)_(\d+)_(\d+)\.jpg$")
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -73,6 +73,11 @@ def parse_market_name(name: str) -> tuple[int, int]:
     return MARKET_SCHEME.parse(name)
 
 
+def repeats_extension(name: str, extension: str) -> bool:
+    """`0001_c1s1_000001_00.jpg.jpg`: 24 such names are part of Market-1501's official query/gallery counts."""
+    return name.endswith(extension * 2)
+
+
 def read_split(
     directory: Path,
     scheme: NameScheme,
@@ -80,26 +85,36 @@ def read_split(
     *,
     drop_distractors: bool = False,
     layout: str = "Market-1501",
+    ignored: list[tuple[str, str]] | None = None,
 ) -> list[ImageRecord]:
     """Read one flat split folder, sorted by name.
 
-    Every regular non-hidden file is either a record or lands in `rejected` with the reason (unexpected
-    extension, a name that does not parse, an unknown camera), so nothing is silently ignored and all bad
-    files are reported together; junk (pid -1) is dropped, and distractors (pid 0) too when `drop_distractors`.
+    Every regular non-hidden file is a record, operating-system litter (Thumbs.db, .DS_Store, ...; listed in
+    `ignored`) or lands in `rejected` with the reason (unexpected extension, a name that does not parse, an
+    unknown camera), so nothing is silently dropped and all bad files are reported together; junk (pid -1) is
+    dropped, and distractors (pid 0) too when `drop_distractors`. A repeated extension (`….jpg.jpg`) is read as
+    the reference loaders read it (their patterns match the start of the name); validate warns about it.
     Uses os.scandir (no per-file stat) because real splits hold tens of thousands of files.
     """
     if not directory.is_dir():
         raise DatasetError(f"expected folder {directory} ({layout} layout) does not exist")
     with os.scandir(directory) as entries:
-        files = sorted((e.name, e.path) for e in entries if not e.name.startswith(".") and e.is_file())
+        files = sorted((e.name, e.path) for e in entries if e.is_file())
     records = []
     for name, path in files:
+        litter = os_litter(name)
+        if litter is not None:
+            if ignored is not None:
+                ignored.append((path, litter))
+            continue
+        if name.startswith("."):
+            continue
         suffix = os.path.splitext(name)[1]
         if suffix != scheme.extension:  # the reference loaders glob *.jpg; anything else is reported, not read
             rejected.append((path, f"unexpected extension {suffix or '(none)'!r}, expected {scheme.extension!r}"))
             continue
         try:
-            pid, camid = scheme.parse(name)
+            pid, camid = scheme.parse(name[:-len(suffix)] if repeats_extension(name, suffix) else name)
         except DatasetError as err:  # reported with every other bad file by validation, not one at a time
             rejected.append((path, str(err)))
             continue
@@ -136,12 +151,13 @@ def read_split_folders(
         raise DatasetError(f"dataset root {root} does not exist or is not a folder")
     root = find_root(root, subfolders, split_dirs["train"])
     rejected: list[tuple[str, str]] = []
+    ignored: list[tuple[str, str]] = []
     splits = {
         split: read_split(root / split_dirs[split], scheme, rejected,
-                          drop_distractors=drop_distractors and split != "gallery", layout=layout)
+                          drop_distractors=drop_distractors and split != "gallery", layout=layout, ignored=ignored)
         for split in ("train", "query", "gallery")
     }
-    return ReIDDataset(name=name, root=root, rejected=rejected, **splits)
+    return ReIDDataset(name=name, root=root, rejected=rejected, ignored=ignored, **splits)
 
 
 def read_market1501(root: str | Path, name: str = "market1501") -> ReIDDataset:

@@ -8,6 +8,20 @@ from pathlib import Path
 # pid of a training crop nobody labelled (own data): training never reads identities; monitoring skips them
 UNLABELLED = -2
 
+# files operating systems leave in image folders (Windows thumbnail caches, macOS Finder and AppleDouble files):
+# Market-1501 as distributed has a Thumbs.db in every split folder
+OS_LITTER_NAMES = {"thumbs.db": "Windows thumbnail cache", "ehthumbs.db": "Windows thumbnail cache",
+                   "desktop.ini": "Windows folder settings", ".ds_store": "macOS Finder settings"}
+
+
+def os_litter(name: str) -> str | None:
+    """Why `name` is operating-system litter to skip (with a count), or None for a file a reader must judge."""
+    if name.lower() in OS_LITTER_NAMES:
+        return f"operating-system file ({OS_LITTER_NAMES[name.lower()]}), ignored"
+    if name.startswith("._"):
+        return "operating-system file (macOS AppleDouble metadata), ignored"
+    return None
+
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -30,6 +44,8 @@ class ReIDDataset:
     gallery: list[ImageRecord] = field(default_factory=list)
     # files found where images belong but not read as images (e.g. unexpected extension): (path, reason)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # operating-system litter (Thumbs.db, .DS_Store, ...) skipped without judging it: (path, reason)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
 
     def splits(self) -> dict[str, list[ImageRecord]]:
         return {"train": self.train, "query": self.query, "gallery": self.gallery}
@@ -52,9 +68,10 @@ class ReIDDataset:
         def move(records: list[ImageRecord]) -> list[ImageRecord]:
             return [ImageRecord(str(Path(new_root) / Path(r.path).relative_to(old_root)), r.pid, r.camid)
                     for r in records]
-        rejected = [(str(Path(new_root) / Path(p).relative_to(old_root)), why) for p, why in self.rejected]
+        def move_files(files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+            return [(str(Path(new_root) / Path(p).relative_to(old_root)), why) for p, why in files]
         return ReIDDataset(self.name, Path(new_root), move(self.train), move(self.query), move(self.gallery),
-                           rejected)
+                           move_files(self.rejected), move_files(self.ignored))
 
     def summary(self) -> str:
         parts = [

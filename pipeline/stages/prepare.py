@@ -1,8 +1,9 @@
 """Stage `prepare`: materialise the dataset named in params.yaml and write its manifest.
 
 `synthetic` is generated into data/prepared/synthetic; a real dataset is read in place from
-`dataset.root` and only its manifest is written. Files the reader could not use go to rejected.csv
-for the validate stage to report. A contact sheet shows a few identities across cameras.
+`dataset.root` and only its manifest is written. Files the reader could not use go to rejected.csv,
+operating-system litter (Thumbs.db, ...) to ignored.csv, for the validate stage to report. A contact sheet
+shows a few identities across cameras.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dsfnet.visualize import contact_sheet
 from pipeline.cli import run_stage
 from pipeline.io import atomic_path, staged_dir, write_csv
 from pipeline.params import Params
-from pipeline.paths import CONTACT_SHEET, MANIFEST, PREPARED_DIR, REJECTED, SYNTHETIC_DIR
+from pipeline.paths import CONTACT_SHEET, IGNORED, MANIFEST, PREPARED_DIR, REJECTED, SYNTHETIC_DIR
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ def prepare(params: Params) -> None:
                 raise DatasetError(f"params.yaml dataset.root={root!r}: {error}") from None
         write_manifest(dataset, staging / MANIFEST.name)
         write_csv(staging / REJECTED.name, pd.DataFrame(dataset.rejected, columns=["path", "reason"]))
+        write_csv(staging / IGNORED.name, pd.DataFrame(dataset.ignored, columns=["path", "reason"]))
     log.info("%s", dataset.summary())
+    if dataset.ignored:
+        log.info("%d operating-system file(s) skipped (Thumbs.db, .DS_Store, ...)", len(dataset.ignored))
     if dataset.rejected:
         log.warning("%d file(s) could not be read as images of %s; validate will list them",
                     len(dataset.rejected), name)

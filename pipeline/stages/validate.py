@@ -10,7 +10,7 @@ from pipeline.cli import StageFailed, run_stage
 from pipeline.expectations import CAMERAS_PER_DATASET, derive_columns, validate_dataset
 from pipeline.io import staged_dir, write_json
 from pipeline.params import Params
-from pipeline.paths import MANIFEST, REJECTED, VALIDATE_REPORTS, metrics_file
+from pipeline.paths import IGNORED, MANIFEST, REJECTED, VALIDATE_REPORTS, metrics_file
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,12 @@ def validate(params: Params) -> None:
     if not MANIFEST.is_file():
         raise StageFailed(f"{MANIFEST} does not exist; run the prepare stage first")
     manifest = pd.read_csv(MANIFEST)
-    rejected = pd.read_csv(REJECTED, dtype=str) if REJECTED.is_file() else pd.DataFrame(columns=["path", "reason"])
+    rejected, ignored = (pd.read_csv(path, dtype=str) if path.is_file() else pd.DataFrame(columns=["path", "reason"])
+                         for path in (REJECTED, IGNORED))
     frame = derive_columns(manifest, params.validate)
     with staged_dir(VALIDATE_REPORTS) as out:
         outcome = validate_dataset(frame, rejected, params.dataset.name, expected_cameras(params), params.validate,
-                                   context_dir=out, docs_dir=out)
+                                   context_dir=out, docs_dir=out, ignored=ignored)
     metrics = {
         "success": outcome.success,
         "evaluated_expectations": outcome.evaluated,
@@ -53,6 +54,8 @@ def validate(params: Params) -> None:
         "images": len(manifest),
         **split_counts(manifest),
         "rejected_files": len(rejected),
+        "ignored_files": len(ignored),
+        "repeated_extension_files": int(frame["repeated_extension"].sum()),
         "undecodable_images": int((~frame["decodes"]).sum()),
         "expectations": outcome.results,
     }
@@ -60,6 +63,8 @@ def validate(params: Params) -> None:
     docs = VALIDATE_REPORTS / "index.html"
     for warning in outcome.warnings:
         log.warning("%s", warning)
+    for note in outcome.notes:
+        log.info("%s", note)
     if not outcome.success:
         raise StageFailed(
             f"dataset {params.dataset.name!r} failed {outcome.failed} of {outcome.evaluated} expectations "
