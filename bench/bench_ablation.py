@@ -78,9 +78,12 @@ def retrieval(model, data, config: TrainConfig) -> tuple[float, float]:
 
 def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: ClusterConfig,
             overrides: dict[str, object] | None = None, model_config: ModelConfig | None = None,
-            save_to: Path | None = None) -> dict:
-    """Train one variant and score it; `save_to` keeps the trained state dict (for bench/real/cluster_probe.py)."""
-    settings = method(variant, overrides)
+            save_to: Path | None = None, settings: DSFNetConfig | None = None) -> dict:
+    """Train one variant and score it; `save_to` keeps the trained state dict (for bench/real/cluster_probe.py).
+
+    `settings`, when given, is the variant's DSFNet configuration as is (else `method(variant, overrides)`).
+    """
+    settings = settings or method(variant, overrides)
     seed_everything(seed)
     model = build_model(model_config or ModelConfig(arch="resnet18"), settings)
     start = time.perf_counter()

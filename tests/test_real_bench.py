@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from dsfnet.data import load_dataset
@@ -101,3 +102,21 @@ def test_bench_real_rows_carry_dataset_and_protocol_and_resume(tmp_path):
                                  "--out", str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert "untrained seed 5" in validation.stdout  # another protocol is another row
     assert [r["protocol"] for r in json.loads(out.read_text())] == ["official", "official", "validation"]
+
+
+def test_variants_of_a_profile_switch_parts_and_keep_the_profiles_part_settings(monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
+    from bench_real import load_profile_params, variant_method
+
+    params = load_profile_params("cpu-imagenet")
+    assert params.model.arch == "mobilenet_v2" and params.model.pretrained == "imagenet"
+    base = params.dsfnet
+    on = {name: {p for p in ("finet", "scnet", "ddo") if getattr(variant_method(name, base), p).enabled}
+          for name in ("baseline", "full", "full-finet", "full-scnet", "scnet", "finet+ddo")}
+    profile_parts = {p for p in ("finet", "scnet", "ddo") if getattr(base, p).enabled}
+    assert on["baseline"] == set() and on["full"] == profile_parts
+    assert on["full-finet"] == profile_parts - {"finet"} and on["full-scnet"] == profile_parts - {"scnet"}
+    assert on["scnet"] == {"scnet"} and on["finet+ddo"] == {"finet", "ddo"}
+    assert variant_method("scnet", base).scnet.split == base.scnet.split  # the profile's part settings stay
+    with pytest.raises(SystemExit, match="variant 'full-bogus'"):
+        variant_method("full-bogus", base)
