@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 LAMBDA_MODES = ("schedule", "agreement")
 LINKAGES = ("complete", "average")  # SCNet's secondary clustering; single linkage would chain like DBSCAN
+SECONDARY = ("hard", "camera")  # SCNet's sub-clusters: hard-sample groups (linkage) | one per camera (views)
+POSITIVES = ("own", "hardest", "all")
 
 
 @dataclass
@@ -78,6 +80,7 @@ class SCNetConfig:
     """Secondary clustering inside every cluster: its hard sub-clusters become proxies (and labels)."""
 
     enabled: bool = True
+    secondary: str = "hard"  # hard: complete-linkage sub-clusters | camera: one sub-cluster per camera (its views)
     split: bool = True  # every sub-cluster is a pseudo-label of its own (False: only the hard-proxy memory sees them)
     sibling_negatives: bool = True  # with split: sub-clusters of one primary cluster are each other's negatives
     linkage: str = "complete"  # complete (no chaining) | average
@@ -85,19 +88,24 @@ class SCNetConfig:
     min_sub_size: int = 4  # smaller sub-clusters join the nearest kept one
     inter_margin: float = 0.0  # inter-class hard if sim(other centroid) > sim(own centroid) - margin (monitoring)
     lambda_hard: float = 0.5  # weight of the hard-proxy contrastive term
-    positive: str = "own"  # own (the sample's proxy) | hardest (the least similar proxy of its cluster)
+    positive: str = "own"  # own (the sample's proxy) | hardest (its cluster's least similar) | all (every one)
     own_negatives: bool = False  # the other proxies of the own cluster are negatives too (keeps sub-clusters apart)
     rejoin_views: bool = False  # a sub-cluster seen only by cameras its core never saw rejoins the core (a view)
 
     def check(self) -> None:
+        if self.secondary not in SECONDARY:
+            raise ValueError(f"dsfnet.scnet.secondary must be one of {SECONDARY}, got {self.secondary!r}")
+        if self.secondary == "camera" and self.split and self.enabled:
+            raise ValueError("dsfnet.scnet.secondary: camera needs dsfnet.scnet.split: false (a pseudo-identity per "
+                             "camera would cut every cross-camera pair retrieval is scored on)")
         if self.linkage not in LINKAGES:
             raise ValueError(f"dsfnet.scnet.linkage must be one of {LINKAGES}, got {self.linkage!r}")
         if not 0.0 < self.sub_distance <= 2.0:
             raise ValueError(f"dsfnet.scnet.sub_distance must be in (0, 2], got {self.sub_distance}")
         if self.min_sub_size < 1:
             raise ValueError(f"dsfnet.scnet.min_sub_size must be >= 1, got {self.min_sub_size}")
-        if self.positive not in ("own", "hardest"):
-            raise ValueError(f"dsfnet.scnet.positive must be 'own' or 'hardest', got {self.positive!r}")
+        if self.positive not in POSITIVES:
+            raise ValueError(f"dsfnet.scnet.positive must be one of {POSITIVES}, got {self.positive!r}")
         if self.own_negatives and self.positive != "own":
             raise ValueError("dsfnet.scnet.own_negatives needs dsfnet.scnet.positive: own")
         if self.lambda_hard < 0:

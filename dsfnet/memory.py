@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsfnet.config import POSITIVES
 from dsfnet.distributed import gather_batch
 
 
@@ -91,7 +92,9 @@ class HardProxyMemory(nn.Module):
 
     The loss contrasts each sample with one positive proxy of its own cluster against every proxy of the
     other clusters. The positive is the sample's own proxy (`positive="own"`: the cluster keeps its modes)
-    or the own-cluster proxy it is least similar to (`"hardest"`: pulls the modes together). With
+    or the own-cluster proxy it is least similar to (`"hardest"`: pulls the modes together); with `"all"`
+    every own-cluster proxy is a positive, the log-likelihoods averaged (CAP's inter-camera loss when the
+    proxies are a cluster's cameras: each sample is pulled towards its identity's other views). With
     `own_negatives` the other proxies of the own cluster are negatives as well: a hard sub-cluster is
     treated as a candidate identity of its own. Each sample then updates its own proxy by momentum.
     """
@@ -99,8 +102,8 @@ class HardProxyMemory(nn.Module):
     def __init__(self, proxies: torch.Tensor, owners: torch.Tensor, temperature: float = 0.05,
                  momentum: float = 0.1, positive: str = "own", own_negatives: bool = False):
         super().__init__()
-        if positive not in ("own", "hardest"):
-            raise ValueError(f"dsfnet.scnet.positive must be 'own' or 'hardest', got {positive!r}")
+        if positive not in POSITIVES:
+            raise ValueError(f"dsfnet.scnet.positive must be one of {POSITIVES}, got {positive!r}")
         self.positive = positive
         self.own_negatives = own_negatives
         self.temperature = temperature
@@ -114,6 +117,12 @@ class HardProxyMemory(nn.Module):
         targets = self.owners[proxy_targets]
         logits = inputs @ self.features.clone().T / self.temperature  # (B, M)
         own = self.owners.unsqueeze(0) == targets.unsqueeze(1)
+        if self.positive == "all":
+            log_likelihood = logits.log_softmax(dim=1).masked_fill(~own, 0.0)
+            loss = -(log_likelihood.sum(dim=1) / own.sum(dim=1)).mean()
+            if self.training:
+                momentum_update(self.features, *gather_batch(inputs.detach(), proxy_targets), self.momentum)
+            return loss
         if self.positive == "hardest":
             positive = logits.detach().masked_fill(~own, float("inf")).argmin(dim=1)
         else:

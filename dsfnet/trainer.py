@@ -158,10 +158,13 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
         start = time.perf_counter()
         main = branches["fused"] if (method.finet.enabled or method.ddo.enabled) else branches["global"]
         scnet = method.scnet
-        if scnet.rejoin_views and camids is None:
-            raise ValueError("dsfnet.scnet.rejoin_views needs the camera of every sample")
+        by_camera = scnet.secondary == "camera"
+        if (scnet.rejoin_views or by_camera) and camids is None:
+            raise ValueError(f"dsfnet.scnet.{'secondary: camera' if by_camera else 'rejoin_views'} needs the camera "
+                             f"of every sample")
         proxies = secondary_clustering(main, pseudo.labels, scnet.sub_distance, scnet.min_sub_size, scnet.linkage,
-                                       scnet.inter_margin, camids if scnet.rejoin_views else None)
+                                       scnet.inter_margin, camids if (scnet.rejoin_views or by_camera) else None,
+                                       by_camera=by_camera)
         pseudo.timings["dbscan_s"] += time.perf_counter() - start
         extra.update(proxies.stats(), primary_clusters=pseudo.num_clusters)
         if scnet.split:  # every sub-cluster is a pseudo-identity: DBSCAN's chained clusters come apart

@@ -216,6 +216,62 @@ def test_rejoin_views_merges_only_sub_clusters_from_cameras_the_core_never_saw()
         secondary_clustering(features, labels, camids=camids[:5])
 
 
+def test_all_positives_average_the_log_likelihood_of_every_own_proxy():
+    """CAP's inter-camera loss: -1/|P| sum_p log(exp(x.p/t) / sum_all exp(x.q/t)), P the own cluster's proxies."""
+    torch.manual_seed(3)
+    proxies = F.normalize(torch.randn(7, 8), dim=1)
+    owners = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    memory = HardProxyMemory(proxies, owners, temperature=0.1, momentum=0.5, positive="all")
+    inputs = torch.randn(4, 8, requires_grad=True)
+    proxy_targets = torch.tensor([3, 0, 6, 2])
+    loss = memory(inputs, proxy_targets)
+    x = F.normalize(inputs.detach(), dim=1)
+    expected = []
+    for i, proxy in enumerate(proxy_targets.tolist()):
+        sims = (x[i] @ proxies.T / 0.1).double()
+        log_z = torch.logsumexp(sims, dim=0)
+        own = [j for j in range(7) if owners[j] == owners[proxy]]
+        expected.append(-sum(float(sims[j] - log_z) for j in own) / len(own))
+    assert float(loss.detach()) == pytest.approx(float(np.mean(expected)), rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(inputs.grad).all()
+    torch.testing.assert_close(memory.features[6], F.normalize(0.5 * proxies[6] + 0.5 * x[2], dim=0))
+
+
+def test_camera_secondary_clustering_makes_one_proxy_per_camera_of_each_cluster():
+    features = _unit([1, 0], [1, .1], [1, .2], [.9, .1], [0, 1], [.1, 1], [.2, 1])
+    labels = np.array([0, 0, 0, 0, 1, 1, -1])
+    camids = np.array([2, 0, 2, 0, 1, 1, 0])
+    camera = secondary_clustering(features, labels, camids=camids, by_camera=True)
+    groups = [np.flatnonzero(camera.assignment == p).tolist() for p in range(len(camera.proxies))]
+    assert groups == [[1, 3], [0, 2], [4, 5]]  # cluster 0: cameras 0 then 2 (2 each: lower camid first); cluster 1
+    assert camera.owners.tolist() == [0, 0, 1] and camera.assignment[6] == -1
+    np.testing.assert_array_equal(np.flatnonzero(camera.intra_hard), [0, 2])  # outside the cluster's first view
+    mean = features[[1, 3]].mean(0)
+    np.testing.assert_allclose(camera.proxies[0], mean / np.linalg.norm(mean), atol=1e-6)
+    with pytest.raises(ValueError, match="camera of every sample"):
+        secondary_clustering(features, labels, by_camera=True)
+
+
+def test_camera_secondary_clustering_reaches_the_trainer_and_refuses_a_split():
+    from dsfnet.cluster import ClusterConfig
+    from dsfnet.trainer import pseudo_labels
+
+    features = np.concatenate([_around([1, 0, 0, 0], 8, 0), _around([0, 1, 0, 0], 8, 1)])
+    camids = np.array([0, 1] * 8)
+    cluster = ClusterConfig(k1=8, k2=1, eps=0.5, min_samples=2, camera_norm=False)
+    method = DSFNetConfig(FINetConfig(enabled=False), SCNetConfig(secondary="camera", split=False, positive="all"),
+                          DDOConfig(enabled=False))
+    got = pseudo_labels({"global": features, "parts": None, "fused": None}, cluster, method, 0, 1, camids)
+    assert len(np.unique(got.labels)) == 2  # the labels stay DBSCAN's
+    assert len(got.proxies.proxies) == 4 and got.proxies.owners.tolist() == [0, 0, 1, 1]
+    assert all(len(np.unique(camids[got.proxies.assignment == p])) == 1 for p in range(4))
+    with pytest.raises(ValueError, match="secondary: camera needs dsfnet.scnet.split: false"):
+        SCNetConfig(secondary="camera").check()
+    with pytest.raises(ValueError, match="secondary: camera"):
+        pseudo_labels({"global": features, "parts": None, "fused": None}, cluster, method, 0, 1, None)
+
+
 def test_rejoin_views_reaches_the_trainers_pseudo_labels():
     from dsfnet.cluster import ClusterConfig, cluster_features
     from dsfnet.trainer import pseudo_labels

@@ -9,6 +9,10 @@ with `split`, a pseudo-label of its own. See docs/method.md.
 With `camids`, a sub-cluster whose cameras are all cameras the core sub-cluster never saw rejoins the core:
 one person seen from another camera (front and back, another light) is a view, not a second identity, and
 cutting there removes exactly the cross-camera pairs that retrieval is scored on.
+
+`by_camera` reads the secondary clustering as camera-aware (CAP, ICE): each cluster's sub-clusters are its
+members per camera, the largest first. The proxies then hold the views a cluster's identity has across
+cameras, and a loss that takes every own proxy as a positive pulls each sample towards its other views.
 """
 
 from __future__ import annotations
@@ -109,6 +113,12 @@ def rejoin_views(groups: list[np.ndarray], camids: np.ndarray) -> list[np.ndarra
             *(g for g in groups[1:] if np.isin(camids[g], core_cameras).any())]
 
 
+def camera_groups(camids: np.ndarray) -> list[np.ndarray]:
+    """Row indices of one cluster's members per camera, the largest group first (ties: lower camid)."""
+    cameras, inverse, counts = np.unique(camids, return_inverse=True, return_counts=True)
+    return [np.flatnonzero(inverse == i) for i in np.argsort(-counts, kind="stable")]
+
+
 def _members_by_cluster(labels: np.ndarray) -> list[np.ndarray]:
     kept = np.flatnonzero(labels >= 0)
     order = kept[np.argsort(labels[kept], kind="stable")]
@@ -118,11 +128,13 @@ def _members_by_cluster(labels: np.ndarray) -> list[np.ndarray]:
 
 def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance: float = 0.6, min_size: int = 4,
                          linkage: str = "complete", inter_margin: float = 0.0,
-                         camids: np.ndarray | None = None) -> HardProxies:
-    """Every cluster's sub-clusters (see `sub_clusters`) as proxies owned by the cluster.
+                         camids: np.ndarray | None = None, by_camera: bool = False) -> HardProxies:
+    """Every cluster's sub-clusters (see `sub_clusters`, or `camera_groups` with `by_camera`) as proxies owned
+    by the cluster.
 
     `assignment` maps each sample to its proxy; used as labels it is SCNet's refined pseudo-labelling.
-    `camids` (N,): sub-clusters from cameras their core never saw rejoin it (`rejoin_views`).
+    `camids` (N,): sub-clusters from cameras their core never saw rejoin it (`rejoin_views`); with
+    `by_camera` they are what the members are grouped by.
     """
     features = np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels)
@@ -134,6 +146,8 @@ def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance:
         raise ValueError(f"dsfnet.scnet.linkage must be one of {LINKAGES}, got {linkage!r}")
     if camids is not None and len(camids) != len(labels):
         raise ValueError(f"camids ({len(camids)}) must match labels ({len(labels)})")
+    if by_camera and camids is None:
+        raise ValueError("camera-aware secondary clustering needs the camera of every sample")
     features = _normalise(features)
     inter = find_inter_hard(features, labels, cluster_centroids(features, labels), inter_margin)
     intra = np.zeros(len(labels), dtype=bool)
@@ -141,8 +155,11 @@ def secondary_clustering(features: np.ndarray, labels: np.ndarray, sub_distance:
     proxies: list[np.ndarray] = []
     owners: list[int] = []
     for members in _members_by_cluster(labels):
-        groups = sub_clusters(features[members], sub_distance, min_size, linkage)
-        if camids is not None and len(groups) > 1:
+        if by_camera:
+            groups = camera_groups(np.asarray(camids)[members])
+        else:
+            groups = sub_clusters(features[members], sub_distance, min_size, linkage)
+        if camids is not None and not by_camera and len(groups) > 1:
             groups = rejoin_views(groups, np.asarray(camids)[members])
         for rank, group in enumerate(groups):
             assignment[members[group]] = len(proxies)
