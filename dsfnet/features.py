@@ -34,11 +34,20 @@ def embed_images(model: torch.nn.Module, images: torch.Tensor, flip: bool = Fals
 
 
 def _eval_batches(model: torch.nn.Module, records: Sequence[ImageRecord], height: int, width: int,
-                  batch_size: int, workers: int, device, desc: str, progress: bool) -> Iterator[torch.Tensor]:
-    """Test-transformed image batches on `device`, in record order, with `model` in eval mode meanwhile."""
-    dataset = ImageDataset(records, build_test_transform(height, width))
+                  batch_size: int, workers: int, device, desc: str, progress: bool,
+                  cache: dict | None = None) -> Iterator[torch.Tensor]:
+    """Test-transformed image batches on `device`, in record order, with `model` in eval mode meanwhile.
+
+    `cache`: the trainer's decoded-image cache (its test and train transforms share the resize), so each
+    epoch's feature pass decodes no image twice; the tensors are the same as decoding again.
+    """
+    dataset = ImageDataset(records, build_test_transform(height, width), cache=cache)
+    context = None
+    if cache is not None and workers > 0:
+        dataset.preload(threads=workers)  # filled before the workers fork, so they share it
+        context = "fork"
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_images)
+                        collate_fn=collate_images, multiprocessing_context=context)
     was_training = model.training
     model.eval()
     try:
@@ -77,12 +86,15 @@ def extract_branches(
     device: str | torch.device = "cpu",
     desc: str = "features",
     progress: bool = True,
+    cache: dict | None = None,
 ) -> dict[str, np.ndarray | None]:
     """Every branch of a `ReIDNet` for clustering: global (N, D), parts (N, P, D) or None, fused (N, D),
-    integration weights (N, P + 1) or None; all features L2-normalised, in record order."""
+    integration weights (N, P + 1) or None; all features L2-normalised, in record order. `cache`: see
+    `_eval_batches`."""
     chunks: dict[str, list[torch.Tensor]] = {"global": [], "parts": [], "fused": [], "weights": []}
     embed = model.module.embed if hasattr(model, "module") else model.embed  # DDP wraps the network
-    for images in _eval_batches(model, records, height, width, batch_size, workers, device, desc, progress):
+    for images in _eval_batches(model, records, height, width, batch_size, workers, device, desc, progress,
+                                cache):
         for name, value in zip(chunks, embed(images), strict=True):
             if value is not None:
                 chunks[name].append(value.float().cpu())

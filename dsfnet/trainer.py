@@ -264,13 +264,13 @@ def save_state(path: Path, fingerprint: str, next_epoch: int, session: Session, 
 
 def cluster_epoch(session: Session, records: Sequence[ImageRecord], camids: np.ndarray, config: TrainConfig,
                   cluster_config: ClusterConfig, method: DSFNetConfig, epoch: int,
-                  progress: bool) -> tuple[dict, EpochLabels]:
+                  progress: bool, image_cache: dict | None = None) -> tuple[dict, EpochLabels]:
     """Every branch of every record (each rank embeds a shard), then rank 0's pseudo-labels on every rank."""
     start = time.perf_counter()
     rank, world = session.rank, session.world
     branches = extract_branches(session.model, records[rank::world], config.height, config.width,
                                 config.feature_batch_size, config.workers, session.device,
-                                desc=f"epoch {epoch} features", progress=progress and rank == 0)
+                                desc=f"epoch {epoch} features", progress=progress and rank == 0, cache=image_cache)
     if world > 1:
         branches = {k: gather_rows(v, len(records)) if v is not None else None for k, v in branches.items()}
     extract_s = time.perf_counter() - start
@@ -414,7 +414,7 @@ def train(
         log.info("resuming at epoch %d of %d", first_epoch, config.epochs)
     for epoch in range(first_epoch, config.epochs):
         branches, clustered = cluster_epoch(session, records, camids, config, cluster_config, method, epoch,
-                                            progress)
+                                            progress, image_cache)
         start = time.perf_counter()
         objective = DSFNetObjective(branches, clustered.labels, method, config.temperature, config.memory_momentum,
                                     clustered.proxies).to(session.device)

@@ -119,3 +119,30 @@ def test_loader_workers_share_the_preloaded_cache_and_give_the_same_batches(tmp_
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert len(cache) == 23  # the workers read it; nothing was added in the main process
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_feature_pass_reads_the_trainers_image_cache_and_gives_the_same_features(tmp_path, workers):
+    """Every epoch's clustering features come from the decoded-image cache the training batches fill (the test
+    and train transforms share the resize): bit-identical to decoding each image again."""
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+    from dsfnet.data.transforms import build_test_transform, build_train_transform
+    from dsfnet.features import extract_branches
+    from dsfnet.models import ModelConfig, build_model
+    from dsfnet.trainer import TrainConfig, epoch_loader
+
+    records = generate_synthetic(tmp_path, SyntheticConfig(profile="tiny"), progress=False).train[:20]
+    model = build_model(ModelConfig(arch="resnet18"))
+    plain = extract_branches(model, records, 32, 16, batch_size=8, workers=workers, progress=False)
+    cache: dict = {}
+    labels = np.arange(20) // 4
+    list(epoch_loader(records, labels, TrainConfig(batch_size=8, num_instances=4, height=32, width=16),
+                      epoch=0, image_cache=cache))  # training fills the cache first (the images it sampled)
+    assert repr(build_test_transform(32, 16).transforms[0]) == repr(build_train_transform(32, 16).transforms[0])
+    assert 0 < len(cache) < 20
+    for _ in range(2):  # the first pass adds the images training did not sample, the second only reads
+        cached = extract_branches(model, records, 32, 16, batch_size=8, workers=workers, progress=False, cache=cache)
+        for name, value in plain.items():
+            if value is not None:
+                np.testing.assert_array_equal(cached[name], value)
+    assert len(cache) == 20  # the same keys: no image decoded a second time
