@@ -90,6 +90,7 @@ class SCNetConfig:
     lambda_hard: float = 0.5  # weight of the hard-proxy contrastive term
     positive: str = "own"  # own (the sample's proxy) | hardest (its cluster's least similar) | all (every one)
     own_negatives: bool = False  # the other proxies of the own cluster are negatives too (keeps sub-clusters apart)
+    hard_negatives: int = 0  # only the k proxies of other clusters most similar to the sample are negatives (0: all)
     rejoin_views: bool = False  # a sub-cluster seen only by cameras its core never saw rejoins the core (a view)
 
     def check(self) -> None:
@@ -108,6 +109,8 @@ class SCNetConfig:
             raise ValueError(f"dsfnet.scnet.positive must be one of {POSITIVES}, got {self.positive!r}")
         if self.own_negatives and self.positive != "own":
             raise ValueError("dsfnet.scnet.own_negatives needs dsfnet.scnet.positive: own")
+        if self.hard_negatives < 0:
+            raise ValueError(f"dsfnet.scnet.hard_negatives must be >= 0 (0: every proxy), got {self.hard_negatives}")
         if self.lambda_hard < 0:
             raise ValueError(f"dsfnet.scnet.lambda_hard must be >= 0, got {self.lambda_hard}")
 

@@ -96,16 +96,19 @@ class HardProxyMemory(nn.Module):
     every own-cluster proxy is a positive, the log-likelihoods averaged (CAP's inter-camera loss when the
     proxies are a cluster's cameras: each sample is pulled towards its identity's other views). With
     `own_negatives` the other proxies of the own cluster are negatives as well: a hard sub-cluster is
-    treated as a candidate identity of its own. Each sample then updates its own proxy by momentum.
+    treated as a candidate identity of its own. With `hard_negatives` k > 0 only the k proxies of other
+    clusters most similar to the sample are negatives (CAP's hard negative mining). Each sample then updates
+    its own proxy by momentum.
     """
 
     def __init__(self, proxies: torch.Tensor, owners: torch.Tensor, temperature: float = 0.05,
-                 momentum: float = 0.1, positive: str = "own", own_negatives: bool = False):
+                 momentum: float = 0.1, positive: str = "own", own_negatives: bool = False, hard_negatives: int = 0):
         super().__init__()
         if positive not in POSITIVES:
             raise ValueError(f"dsfnet.scnet.positive must be one of {POSITIVES}, got {positive!r}")
         self.positive = positive
         self.own_negatives = own_negatives
+        self.hard_negatives = hard_negatives
         self.temperature = temperature
         self.momentum = momentum
         self.register_buffer("features", F.normalize(proxies.detach().float(), dim=1).clone())
@@ -117,6 +120,10 @@ class HardProxyMemory(nn.Module):
         targets = self.owners[proxy_targets]
         logits = inputs @ self.features.clone().T / self.temperature  # (B, M)
         own = self.owners.unsqueeze(0) == targets.unsqueeze(1)
+        if 0 < self.hard_negatives < int((~own).sum(dim=1).min()):
+            others = logits.detach().masked_fill(own, float("-inf"))
+            kth = others.topk(self.hard_negatives, dim=1).values[:, -1:]
+            logits = logits.masked_fill(~own & (others < kth), float("-inf"))
         if self.positive == "all":
             log_likelihood = logits.log_softmax(dim=1).masked_fill(~own, 0.0)
             loss = -(log_likelihood.sum(dim=1) / own.sum(dim=1)).mean()

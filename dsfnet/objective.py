@@ -54,7 +54,8 @@ class DSFNetObjective(nn.Module):
             self.hard = HardProxyMemory(start, torch.from_numpy(proxies.owners),
                                         temperature=temperature, momentum=momentum,
                                         positive=config.scnet.positive,
-                                        own_negatives=config.scnet.own_negatives)
+                                        own_negatives=config.scnet.own_negatives,
+                                        hard_negatives=config.scnet.hard_negatives)
 
     def forward(self, out: ReIDOutput, targets: torch.Tensor,
                 proxy_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:

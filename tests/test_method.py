@@ -216,12 +216,15 @@ def test_rejoin_views_merges_only_sub_clusters_from_cameras_the_core_never_saw()
         secondary_clustering(features, labels, camids=camids[:5])
 
 
-def test_all_positives_average_the_log_likelihood_of_every_own_proxy():
-    """CAP's inter-camera loss: -1/|P| sum_p log(exp(x.p/t) / sum_all exp(x.q/t)), P the own cluster's proxies."""
+@pytest.mark.parametrize("hard_negatives", [0, 2])
+def test_all_positives_average_the_log_likelihood_of_every_own_proxy(hard_negatives):
+    """CAP's inter-camera loss: -1/|P| sum_p log(exp(x.p/t) / sum_{P+N} exp(x.q/t)), P the own cluster's proxies,
+    N every other proxy or (hard_negatives=k) the k most similar ones."""
     torch.manual_seed(3)
     proxies = F.normalize(torch.randn(7, 8), dim=1)
     owners = torch.tensor([0, 0, 1, 1, 1, 2, 2])
-    memory = HardProxyMemory(proxies, owners, temperature=0.1, momentum=0.5, positive="all")
+    memory = HardProxyMemory(proxies, owners, temperature=0.1, momentum=0.5, positive="all",
+                             hard_negatives=hard_negatives)
     inputs = torch.randn(4, 8, requires_grad=True)
     proxy_targets = torch.tensor([3, 0, 6, 2])
     loss = memory(inputs, proxy_targets)
@@ -229,8 +232,10 @@ def test_all_positives_average_the_log_likelihood_of_every_own_proxy():
     expected = []
     for i, proxy in enumerate(proxy_targets.tolist()):
         sims = (x[i] @ proxies.T / 0.1).double()
-        log_z = torch.logsumexp(sims, dim=0)
         own = [j for j in range(7) if owners[j] == owners[proxy]]
+        negatives = sorted((j for j in range(7) if j not in own), key=lambda j: -float(sims[j]))
+        kept = own + (negatives[:hard_negatives] if hard_negatives else negatives)
+        log_z = torch.logsumexp(sims[kept], dim=0)
         expected.append(-sum(float(sims[j] - log_z) for j in own) / len(own))
     assert float(loss.detach()) == pytest.approx(float(np.mean(expected)), rel=1e-5)
     loss.backward()
