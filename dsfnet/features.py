@@ -18,6 +18,7 @@ from tqdm import tqdm
 from dsfnet.data.loader import ImageDataset, collate_images
 from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_test_transform
+from dsfnet.runtime import keep_freed_memory
 
 
 @torch.no_grad()
@@ -41,6 +42,7 @@ def _eval_batches(model: torch.nn.Module, records: Sequence[ImageRecord], height
     `cache`: the trainer's decoded-image cache (its test and train transforms share the resize), so each
     epoch's feature pass decodes no image twice; the tensors are the same as decoding again.
     """
+    keep_freed_memory()
     dataset = ImageDataset(records, build_test_transform(height, width), cache=cache)
     context = None
     if cache is not None and workers > 0:

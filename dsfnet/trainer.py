@@ -36,6 +36,7 @@ from dsfnet.features import extract_branches
 from dsfnet.label_stats import epoch_statistics
 from dsfnet.models.bn_groups import bn_group_for_rank, use_bn_groups
 from dsfnet.objective import DSFNetObjective
+from dsfnet.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 FORK_AVAILABLE = "fork" in multiprocessing.get_all_start_methods()  # workers share a cache only when forked
@@ -399,6 +400,7 @@ def train(
     method = method or DSFNetConfig.baseline()
     method.check()
     check_model_matches(model, method)
+    keep_freed_memory()
     session = setup(model, config, method)
     camids = np.array([r.camid for r in records])
     if cluster_config.camera_norm and len(np.unique(camids)) < 2:

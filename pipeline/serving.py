@@ -33,6 +33,7 @@ from dsfnet.checkpoint import load_checkpoint
 from dsfnet.data.images import ImageDecodeError, ImageLimits, decode_image
 from dsfnet.data.transforms import build_test_transform
 from dsfnet.features import embed_images
+from dsfnet.runtime import keep_freed_memory
 from pipeline.batching import MicroBatcher
 
 INPUT_COLUMN = "image"
@@ -60,6 +61,7 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
     """Decodes with `dsfnet.features.decode_image` and embeds with `embed_images`: what search and evaluate do."""
 
     def load_context(self, context) -> None:
+        keep_freed_memory()  # no page-fault storm per request (dsfnet/runtime.py)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, payload = load_checkpoint(context.artifacts["checkpoint"], map_location="cpu")
         self.model.to(self.device)
