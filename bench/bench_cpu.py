@@ -1,0 +1,197 @@
+"""How far each phase of a CPU training epoch is from the machine's floor, on the networks users train on CPU.
+
+    python bench/bench_cpu.py [--profiles cpu-imagenet cpu-default] [--iters 10] [--no-compile]
+
+For each profile (its network, input size, batch and DSFNet parts; random weights, since speed does not
+depend on them) on the synthetic default set, in one process:
+
+- the epoch's phases as the trainer runs them: the feature pass (`extract_branches` over the train set from the
+  decoded-image cache, img/s), a train step (`train_step` on the epoch's P×K loader: augmentation, every branch,
+  every loss, memory updates, backward, Adam; img/s) and kNN + Jaccard + DBSCAN (+ SCNet) seconds;
+- floors for the same network and batch: the eval forward under `torch.inference_mode` (eager, channels-last,
+  `torch.compile` unless --no-compile, ONNX Runtime when installed), each checked against the eager features
+  (max |difference| after L2 normalisation; ≤ 1e-4 passes), and the bare forward + backward + Adam step of the
+  trunk, pool and neck;
+- the ratio of each trainer phase to its best floor (feature pass: the fastest forward that passes the check).
+
+Medians over --iters repetitions after warm-up; nothing else should run on the machine meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from dsfnet.data import SyntheticConfig, generate_synthetic
+from dsfnet.features import extract_branches
+from dsfnet.models import build_model
+from dsfnet.objective import DSFNetObjective
+from dsfnet.runtime import keep_freed_memory
+from dsfnet.trainer import build_optimizer, cycle, epoch_loader, pseudo_labels, train_step
+from pipeline.params import params_from_dict
+from pipeline.profiles import profile_path
+
+TOLERANCE = 1e-4
+
+
+def median_seconds(step: Callable[[], object], iters: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def profile_params(name: str):
+    data = yaml.safe_load(profile_path(name).read_text()) or {}
+    data.pop("dataset", None)
+    params = params_from_dict(data)
+    params.model = replace(params.model, pretrained=None)  # speed does not depend on the weights
+    return params
+
+
+def forward_floors(model: torch.nn.Module, images: torch.Tensor, iters: int, compile_: bool) -> dict[str, dict]:
+    """img/s and max |difference| to eager of each way to run the eval forward on one batch."""
+    model.eval()
+    with torch.inference_mode():
+        reference = F.normalize(model(images).float(), dim=1)
+    floors: dict[str, dict] = {}
+
+    def record(name: str, run: Callable[[], torch.Tensor]) -> None:
+        try:
+            with torch.inference_mode():
+                got = F.normalize(torch.as_tensor(run()).float(), dim=1)
+                seconds = median_seconds(run, iters)
+        except Exception as error:  # noqa: BLE001 - a floor that cannot run here is reported, not fatal
+            floors[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"}
+            return
+        floors[name] = {"img_s": len(images) / seconds, "max_diff": float((got - reference).abs().max())}
+
+    record("eager", lambda: model(images))
+    last = images.contiguous(memory_format=torch.channels_last)
+    channels_last = model.to(memory_format=torch.channels_last)
+    record("channels-last", lambda: channels_last(last))
+    model.to(memory_format=torch.contiguous_format)
+    if compile_:
+        compiled = torch.compile(model)
+        start = time.perf_counter()
+        record("torch.compile", lambda: compiled(images))
+        floors["torch.compile"]["compile_s"] = time.perf_counter() - start
+    try:
+        import onnxruntime
+    except ImportError:
+        floors["onnxruntime"] = {"error": "not installed"}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/model.onnx"
+            torch.onnx.export(model, (images,), path, input_names=["images"], output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}}, dynamo=False)
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            array = images.numpy()
+            record("onnxruntime", lambda: torch.from_numpy(session.run(None, {"images": array})[0]))
+    return floors
+
+
+def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iters: int) -> float:
+    """Trunk + pool + neck forward, a trivial loss, backward and the fused Adam step on a batch in memory."""
+    model.train()
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], config)
+
+    def step():
+        feature = model.neck(model.pool(model.trunk(images)).flatten(1))
+        optimizer.zero_grad(set_to_none=True)
+        feature.pow(2).mean().backward()
+        optimizer.step()
+    return median_seconds(step, iters)
+
+
+def measure(name: str, data, iters: int, compile_: bool) -> dict:
+    params = profile_params(name)
+    config, method = params.train, params.dsfnet
+    torch.manual_seed(0)
+    model = build_model(params.model, method)
+    records = data.train
+    cache: dict = {}
+    extract = lambda: extract_branches(model, records, config.height, config.width,  # noqa: E731
+                                       config.feature_batch_size, progress=False, cache=cache)
+    branches = extract()  # fills the cache, as the first epoch does
+    feature_s = median_seconds(extract, max(1, iters // 3), warmup=0)
+    camids = np.array([r.camid for r in records])
+    start = time.perf_counter()
+    clustered = pseudo_labels(branches, params.cluster, method, 0, config.epochs, camids)
+    cluster_s = time.perf_counter() - start
+    objective = DSFNetObjective(branches, clustered.labels, method, config.temperature, config.memory_momentum,
+                                clustered.proxies).train()
+    loader = epoch_loader(records, clustered.labels, config, 0, image_cache=cache)
+    kept = clustered.labels >= 0
+    proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
+    batches = cycle(loader)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], config)
+    model.train()
+    step_s = median_seconds(lambda: train_step(model, objective, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                                               next(batches), proxy_of, torch.device("cpu"), False), iters)
+    images = next(batches)[0]  # one train batch, augmented as the trainer gets it
+    bare_s = bare_step_seconds(model, images, config, iters)
+    test_batch = torch.randn(config.feature_batch_size, 3, config.height, config.width)
+    floors = forward_floors(model, test_batch, iters, compile_)
+    return {"profile": name, "arch": params.model.arch, "size": f"{config.height}x{config.width}",
+            "batch": config.batch_size, "images": len(records), "feature_img_s": len(records) / feature_s,
+            "train_img_s": config.batch_size / step_s, "bare_train_img_s": config.batch_size / bare_s,
+            "cluster_s": cluster_s, **{f"{k}": v for k, v in clustered.timings.items()}, "floors": floors}
+
+
+def report(row: dict) -> str:
+    floors = row["floors"]
+    passing = {k: v for k, v in floors.items() if "img_s" in v and v["max_diff"] <= TOLERANCE}
+    best = max(passing, key=lambda k: passing[k]["img_s"])
+    lines = [f"{row['profile']}: {row['arch']} {row['size']}, train batch {row['batch']}, {row['images']} images",
+             f"  {'phase':<34} {'trainer':>10} {'floor':>10} {'ratio':>6}",
+             f"  {'feature pass (img/s)':<34} {row['feature_img_s']:>10.0f} {passing[best]['img_s']:>10.0f} "
+             f"{passing[best]['img_s'] / row['feature_img_s']:>6.2f}  (floor: {best})",
+             f"  {'train step (img/s)':<34} {row['train_img_s']:>10.0f} {row['bare_train_img_s']:>10.0f} "
+             f"{row['bare_train_img_s'] / row['train_img_s']:>6.2f}  (floor: bare fwd+bwd+Adam)",
+             f"  {'kNN + Jaccard + DBSCAN (+SCNet) s':<34} {row['cluster_s']:>10.2f}   (kNN {row['knn_s']:.2f}, "
+             f"Jaccard {row['jaccard_s']:.2f}, DBSCAN+SCNet {row['dbscan_s']:.2f})",
+             "  forward floors (img/s, max |diff| to eager after L2 norm):"]
+    for name, floor in floors.items():
+        if "error" in floor:
+            lines.append(f"    {name:<16} {floor['error']}")
+        else:
+            extra = f", compile {floor['compile_s']:.0f} s" if "compile_s" in floor else ""
+            verdict = "ok" if floor["max_diff"] <= TOLERANCE else "DIFFERS"
+            lines.append(f"    {name:<16} {floor['img_s']:>8.0f}  {floor['max_diff']:.1e} {verdict}{extra}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", nargs="+", default=["cpu-imagenet", "cpu-default"])
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile floor")
+    parser.add_argument("--synthetic", default="default", help="synthetic profile of the images (tiny for a check)")
+    args = parser.parse_args()
+    applied = keep_freed_memory()
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__},"
+          f" malloc keeps freed memory: {applied}", flush=True)
+    with tempfile.TemporaryDirectory() as root:
+        data = generate_synthetic(root, SyntheticConfig(profile=args.synthetic, height=128, width=64),
+                                  progress=False)
+        for name in args.profiles:
+            print(report(measure(name, data, args.iters, args.compile)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
