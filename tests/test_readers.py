@@ -67,6 +67,14 @@ def test_split_scan_rejects_other_extensions_counts_litter_and_skips_hidden_and_
     assert all(why.startswith("operating-system file") for _, why in ignored)
 
 
+def test_only_a_doubled_extension_counts_as_repeated():
+    from dsfnet.data.market1501 import repeats_extension
+
+    assert repeats_extension("1488_c1s6_023021_00.jpg.jpg", ".jpg")
+    assert not repeats_extension("1488_c1s6_023021_00.jpg", ".jpg")
+    assert not repeats_extension("README", "")  # no extension at all is not a repeated one
+
+
 def test_market_reads_repeated_extensions_as_the_reference_loaders_do(tmp_path):
     """Market-1501 as distributed: 24 official query/gallery images are named `….jpg.jpg`."""
     _image(tmp_path / "bounding_box_train" / "0002_c1s1_000451_03.jpg")

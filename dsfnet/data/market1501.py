@@ -75,7 +75,7 @@ def parse_market_name(name: str) -> tuple[int, int]:
 
 def repeats_extension(name: str, extension: str) -> bool:
     """`0001_c1s1_000001_00.jpg.jpg`: 24 such names are part of Market-1501's official query/gallery counts."""
-    return name.endswith(extension * 2)
+    return bool(extension) and name.endswith(extension * 2)
 
 
 def read_split(
