@@ -30,7 +30,6 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_branches
@@ -38,8 +37,7 @@ from dsfnet.models import build_model
 from dsfnet.objective import DSFNetObjective
 from dsfnet.runtime import keep_freed_memory
 from dsfnet.trainer import build_optimizer, cycle, epoch_loader, pseudo_labels, train_step
-from pipeline.params import params_from_dict
-from pipeline.profiles import profile_path
+from pipeline.profiles import profile_params
 
 TOLERANCE = 1e-4
 
@@ -53,14 +51,6 @@ def median_seconds(step: Callable[[], object], iters: int, warmup: int = 2) -> f
         step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def profile_params(name: str):
-    data = yaml.safe_load(profile_path(name).read_text()) or {}
-    data.pop("dataset", None)
-    params = params_from_dict(data)
-    params.model = replace(params.model, pretrained=None)  # speed does not depend on the weights
-    return params
 
 
 def forward_floors(model: torch.nn.Module, images: torch.Tensor, iters: int, compile_: bool) -> dict[str, dict]:
@@ -120,6 +110,7 @@ def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iter
 
 def measure(name: str, data, iters: int, compile_: bool) -> dict:
     params = profile_params(name)
+    params.model = replace(params.model, pretrained=None)  # speed does not depend on the weights
     config, method = params.train, params.dsfnet
     torch.manual_seed(0)
     model = build_model(params.model, method)

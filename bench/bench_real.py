@@ -39,8 +39,7 @@ from dsfnet.config import ClusterConfig, DSFNetConfig, ModelConfig, TrainConfig
 from dsfnet.data import load_dataset
 from dsfnet.models import build_model
 from dsfnet.trainer import seed_everything
-from pipeline.params import params_from_dict
-from pipeline.profiles import profile_path
+from pipeline.profiles import profile_params
 
 INITS = {"random": ModelConfig(arch="resnet18"),
          "imagenet": ModelConfig(arch="mobilenet_v2", pretrained="imagenet", last_stride=1)}
@@ -107,13 +106,6 @@ def table(rows: list[dict], inits: list[str], variants: list[str], seeds: list[i
     return "\n".join(lines)
 
 
-def load_profile_params(name: str):
-    """The params a profile trains with: the defaults with profiles/<name>.yaml on top (dataset keys aside)."""
-    data = yaml.safe_load(profile_path(name).read_text()) or {}
-    data.pop("dataset", None)
-    return params_from_dict(data)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -144,7 +136,7 @@ def main() -> None:
     if args.profile:
         if args.inits:
             raise SystemExit("--inits: with --profile the network is the profile's (model.*)")
-        params = load_profile_params(args.profile)
+        params = profile_params(args.profile)
         model_configs = {"imagenet" if params.model.pretrained == "imagenet" else params.model.arch: params.model}
         config, cluster, base = params.train, params.cluster, params.dsfnet
     else:

@@ -123,6 +123,16 @@ def load_profile(name: str, profiles_dir: str | Path = PROFILES_DIR) -> dict[str
     return flatten(data or {})
 
 
+def profile_params(name: str, profiles_dir: str | Path = PROFILES_DIR) -> Params:
+    """What a profile trains with: the params defaults with the profile's keys on top (for benchmarks, which
+    run its settings on a dataset of their own, without touching params.yaml)."""
+    flat = load_profile(name, profiles_dir)
+    tree: dict = {}
+    for key, value in flat.items():
+        _put(tree, key, value)
+    return _check(tree, str(profile_path(name, profiles_dir)))
+
+
 def _relative_root(root: str | Path, params_path: Path) -> str:
     """--root as written into params.yaml: relative to the project when inside it, else absolute."""
     path = Path(os.path.abspath(Path(root).expanduser()))

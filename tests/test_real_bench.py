@@ -106,9 +106,11 @@ def test_bench_real_rows_carry_dataset_and_protocol_and_resume(tmp_path):
 
 def test_variants_of_a_profile_switch_parts_and_keep_the_profiles_part_settings(monkeypatch):
     monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
-    from bench_real import load_profile_params, variant_method
+    from bench_real import variant_method
 
-    params = load_profile_params("cpu-imagenet")
+    from pipeline.profiles import profile_params
+
+    params = profile_params("cpu-imagenet")
     assert params.model.arch == "mobilenet_v2" and params.model.pretrained == "imagenet"
     base = params.dsfnet
     on = {name: {p for p in ("finet", "scnet", "ddo") if getattr(variant_method(name, base), p).enabled}
