@@ -100,7 +100,9 @@ def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: Cluster
             "pair_precision_per_epoch": [h.pair_precision for h in result.history],
             "pair_recall_per_epoch": [h.pair_recall for h in result.history],
             "cross_camera_pair_recall_per_epoch": [h.cross_camera_pair_recall for h in result.history],
-            "clusters_per_epoch": [h.num_clusters for h in result.history], "method": enabled_parts(settings)}
+            "clusters_per_epoch": [h.num_clusters for h in result.history],
+            "largest_cluster_per_epoch": [h.max_cluster_size for h in result.history],
+            "outliers_per_epoch": [h.num_outliers for h in result.history], "method": enabled_parts(settings)}
 
 
 def _f1(stats) -> float:
