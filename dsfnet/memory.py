@@ -127,9 +127,16 @@ class HardProxyMemory(nn.Module):
         if self.positive == "all":
             log_likelihood = logits.log_softmax(dim=1).masked_fill(~own, 0.0)
             loss = -(log_likelihood.sum(dim=1) / own.sum(dim=1)).mean()
-            if self.training:
-                momentum_update(self.features, *gather_batch(inputs.detach(), proxy_targets), self.momentum)
-            return loss
+        else:
+            loss = self._one_positive(logits, own, targets, proxy_targets)
+        if self.training:
+            momentum_update(self.features, *gather_batch(inputs.detach(), proxy_targets), self.momentum)
+        return loss
+
+    def _one_positive(self, logits: torch.Tensor, own: torch.Tensor, targets: torch.Tensor,
+                      proxy_targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against one own proxy (`own` or `hardest`), the other own proxies masked unless
+        `own_negatives`."""
         if self.positive == "hardest":
             positive = logits.detach().masked_fill(~own, float("inf")).argmin(dim=1)
         else:
@@ -138,7 +145,4 @@ class HardProxyMemory(nn.Module):
         others_of_own[torch.arange(len(targets), device=targets.device), positive] = False
         if not self.own_negatives:
             logits = logits.masked_fill(others_of_own, float("-inf"))
-        loss = F.cross_entropy(logits, positive)
-        if self.training:
-            momentum_update(self.features, *gather_batch(inputs.detach(), proxy_targets), self.momentum)
-        return loss
+        return F.cross_entropy(logits, positive)

@@ -115,7 +115,7 @@ def rejoin_views(groups: list[np.ndarray], camids: np.ndarray) -> list[np.ndarra
 
 def camera_groups(camids: np.ndarray) -> list[np.ndarray]:
     """Row indices of one cluster's members per camera, the largest group first (ties: lower camid)."""
-    cameras, inverse, counts = np.unique(camids, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(camids, return_inverse=True, return_counts=True)
     return [np.flatnonzero(inverse == i) for i in np.argsort(-counts, kind="stable")]
 
 
