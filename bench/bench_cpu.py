@@ -70,11 +70,12 @@ def forward_floors(model: torch.nn.Module, images: torch.Tensor, iters: int, com
             return
         floors[name] = {"img_s": len(images) / seconds, "max_diff": float((got - reference).abs().max())}
 
+    trainer_format = model.channels_last
+    set_channels_last(model, False)
     record("eager", lambda: model(images))
-    last = images.contiguous(memory_format=torch.channels_last)
-    channels_last = model.to(memory_format=torch.channels_last)
-    record("channels-last", lambda: channels_last(last))
-    model.to(memory_format=torch.contiguous_format)
+    set_channels_last(model, True)
+    record("channels-last", lambda: model(images))
+    set_channels_last(model, False)
     if compile_:
         compiled = torch.compile(model)
         start = time.perf_counter()
@@ -92,13 +93,23 @@ def forward_floors(model: torch.nn.Module, images: torch.Tensor, iters: int, com
             session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
             array = images.numpy()
             record("onnxruntime", lambda: torch.from_numpy(session.run(None, {"images": array})[0]))
+    set_channels_last(model, trainer_format)
     return floors
+
+
+def set_channels_last(model: torch.nn.Module, on: bool) -> None:
+    """Switch the network's trunk (and the input it makes) between channels-last and contiguous."""
+    model.channels_last = on
+    model.trunk.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
 
 def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iters: int) -> float:
     """Trunk + pool + neck forward, a trivial loss, backward and the fused Adam step on a batch in memory."""
     model.train()
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], config)
+
+    if model.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
 
     def step():
         feature = model.neck(model.pool(model.trunk(images)).flatten(1))
@@ -135,12 +146,21 @@ def measure(name: str, data, iters: int, compile_: bool) -> dict:
     step_s = median_seconds(lambda: train_step(model, objective, optimizer, torch.amp.GradScaler("cuda", enabled=False),
                                                next(batches), proxy_of, torch.device("cpu"), False), iters)
     images = next(batches)[0]  # one train batch, augmented as the trainer gets it
-    bare_s = bare_step_seconds(model, images, config, iters)
+    trainer_format = model.channels_last
+    bare = {}
+    for on in (False, True):
+        set_channels_last(model, on)
+        bare["channels-last" if on else "contiguous"] = config.batch_size / bare_step_seconds(model, images, config,
+                                                                                             iters)
+    set_channels_last(model, trainer_format)
+    best_bare = max(bare, key=bare.get)
     test_batch = torch.randn(config.feature_batch_size, 3, config.height, config.width)
     floors = forward_floors(model, test_batch, iters, compile_)
     return {"profile": name, "arch": params.model.arch, "size": f"{config.height}x{config.width}",
             "batch": config.batch_size, "images": len(records), "feature_img_s": len(records) / feature_s,
-            "train_img_s": config.batch_size / step_s, "bare_train_img_s": config.batch_size / bare_s,
+            "trainer_format": "channels-last" if trainer_format else "contiguous",
+            "train_img_s": config.batch_size / step_s, "bare_train_img_s": bare[best_bare],
+            "bare_floor": best_bare, "bare_by_format": bare,
             "cluster_s": cluster_s, **{f"{k}": v for k, v in clustered.timings.items()}, "floors": floors}
 
 
@@ -148,12 +168,14 @@ def report(row: dict) -> str:
     floors = row["floors"]
     passing = {k: v for k, v in floors.items() if "img_s" in v and v["max_diff"] <= TOLERANCE}
     best = max(passing, key=lambda k: passing[k]["img_s"])
-    lines = [f"{row['profile']}: {row['arch']} {row['size']}, train batch {row['batch']}, {row['images']} images",
+    lines = [f"{row['profile']}: {row['arch']} {row['size']}, train batch {row['batch']}, {row['images']} images, "
+             f"trainer runs {row['trainer_format']}",
              f"  {'phase':<34} {'trainer':>10} {'floor':>10} {'ratio':>6}",
              f"  {'feature pass (img/s)':<34} {row['feature_img_s']:>10.0f} {passing[best]['img_s']:>10.0f} "
              f"{passing[best]['img_s'] / row['feature_img_s']:>6.2f}  (floor: {best})",
              f"  {'train step (img/s)':<34} {row['train_img_s']:>10.0f} {row['bare_train_img_s']:>10.0f} "
-             f"{row['bare_train_img_s'] / row['train_img_s']:>6.2f}  (floor: bare fwd+bwd+Adam)",
+             f"{row['bare_train_img_s'] / row['train_img_s']:>6.2f}  (floor: bare fwd+bwd+Adam, "
+             f"{row['bare_floor']}; " + ", ".join(f"{k} {v:.0f}" for k, v in row["bare_by_format"].items()) + ")",
              f"  {'kNN + Jaccard + DBSCAN (+SCNet) s':<34} {row['cluster_s']:>10.2f}   (kNN {row['knn_s']:.2f}, "
              f"Jaccard {row['jaccard_s']:.2f}, DBSCAN+SCNet {row['dbscan_s']:.2f})",
              "  forward floors (img/s, max |diff| to eager after L2 norm):"]

@@ -19,7 +19,8 @@ stride 1; `make imagenet-weights` first), and `full` means all three parts.
 
 Each row is the last epoch's flip-averaged mAP / rank-1, pseudo-label purity and cross-camera pair recall
 (the train ids score the pseudo-labels only; training never reads them), tagged with its dataset and protocol.
-Rows already in --out with the same dataset, protocol, settings and enabled parts are skipped, so an
+Rows already in --out with the same dataset, protocol, settings, enabled parts and memory format (model.memory_format:
+a speed choice, but float rounding makes runs diverge, so rows compare on one code path) are skipped, so an
 interrupted bench continues (CUHK03 rows: --manifest DIR/cuhk03.csv --out bench/results/real_cuhk03.json).
 """
 
@@ -38,6 +39,7 @@ from bench_ablation import enabled_parts, retrieval, run_one
 from dsfnet.config import ClusterConfig, DSFNetConfig, ModelConfig, TrainConfig
 from dsfnet.data import load_dataset
 from dsfnet.models import build_model
+from dsfnet.models.backbone import uses_channels_last
 from dsfnet.trainer import seed_everything
 from pipeline.profiles import profile_params
 
@@ -174,15 +176,17 @@ def main() -> None:
         for seed in args.seeds:
             for variant, method in methods.items():
                 parts = None if method is None else enabled_parts(method)
-                if any((r["init"], r["seed"], r["settings"], r["method"], r.get("dataset"), r.get("protocol"))
-                       == (init, seed, settings, parts, dataset, args.protocol)
+                memory_format = "channels_last" if uses_channels_last(model_config) else "contiguous"
+                if any((r["init"], r["seed"], r["settings"], r["method"], r.get("dataset"), r.get("protocol"),
+                        r.get("memory_format", "contiguous"))
+                       == (init, seed, settings, parts, dataset, args.protocol, memory_format)
                        and (method is not None or r["variant"] == "untrained") for r in rows):
                     continue
                 row = (untrained(data, model_config, seed, config) if method is None else
                        run_one(data, variant, seed, config, cluster, model_config=model_config, settings=method,
                                save_to=args.save_models and args.save_models / f"{init}-{variant}-seed{seed}.pt"))
                 rows.append({**row, "init": init, "settings": settings, "dataset": dataset,
-                             "protocol": args.protocol, "profile": args.profile})
+                             "protocol": args.protocol, "profile": args.profile, "memory_format": memory_format})
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{init:>8} {variant:>11} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "
                       f"purity {row['purity']:.3f} ({row['minutes']:.1f} min)", flush=True)

@@ -70,7 +70,7 @@ class ClusterMemory(nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """ClusterNCE: cross-entropy of the sample against all centroids at the given temperature."""
-        inputs = F.normalize(inputs.float(), dim=1)
+        inputs = F.normalize(inputs.to(self.features.dtype), dim=1)
         # a snapshot: the momentum update below must not touch the tensor autograd saved for backward
         logits = inputs @ self.features.clone().T / self.temperature
         if self.groups is not None:
@@ -116,7 +116,7 @@ class HardProxyMemory(nn.Module):
 
     def forward(self, inputs: torch.Tensor, proxy_targets: torch.Tensor) -> torch.Tensor:
         """`proxy_targets`: the proxy each sample belongs to (and updates); its owner is the sample's cluster."""
-        inputs = F.normalize(inputs.float(), dim=1)
+        inputs = F.normalize(inputs.to(self.features.dtype), dim=1)
         targets = self.owners[proxy_targets]
         logits = inputs @ self.features.clone().T / self.temperature  # (B, M)
         own = self.owners.unsqueeze(0) == targets.unsqueeze(1)

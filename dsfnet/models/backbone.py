@@ -21,6 +21,17 @@ from dsfnet.models.pretrained import load_pretrained, resolve_pretrained
 
 ARCHS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50,
          "mobilenet_v2": torchvision.models.mobilenet_v2}
+CHANNELS_LAST_ARCHS = ("mobilenet_v2", "resnet50")  # measured faster channels-last on CPU (bench/bench_cpu.py)
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def uses_channels_last(config: ModelConfig) -> bool:
+    """Whether the trunk runs channels-last: a speed choice only; features agree to float rounding."""
+    if config.memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"model.memory_format must be one of {list(MEMORY_FORMATS)}, got {config.memory_format!r}")
+    if config.memory_format == "auto":
+        return config.arch in CHANNELS_LAST_ARCHS
+    return config.memory_format == "channels_last"
 
 
 class ReIDOutput(NamedTuple):
@@ -105,6 +116,9 @@ class ReIDNet(nn.Module):
         self.neck = bn_neck(self.feature_dim)
         self.part_necks = nn.ModuleList(bn_neck(self.feature_dim) for _ in range(num_parts))
         self.integration = IntegrationHead(self.feature_dim, num_parts + 1) if fuse_parts else None
+        self.channels_last = uses_channels_last(config)
+        if self.channels_last:
+            self.trunk.to(memory_format=torch.channels_last)
 
     @property
     def embedding_dim(self) -> int:
@@ -113,6 +127,8 @@ class ReIDNet(nn.Module):
 
     def branches(self, images: torch.Tensor) -> ReIDOutput:
         """All branches: BN-neck global and part features, integration weights and the fused feature."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         fmap = self.trunk(images)
         global_ = self.neck(self.pool(fmap).flatten(1))
         if not self.num_parts:
