@@ -23,7 +23,8 @@ PREFECT_UI_URL := http://127.0.0.1:$(PREFECT_PORT)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[onnx]'
+	$(PY) -m dsfnet.warmup
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

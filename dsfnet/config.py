@@ -43,6 +43,9 @@ class TrainConfig:
     width: int = 32
     workers: int = 0
     feature_batch_size: int = 128
+    # every feature pass (clustering, evaluation, search): torch | onnxruntime | auto (ONNX Runtime where it
+    # measured faster, mobilenet_v2 on CPU, when installed: pip install '.[onnx]'); dsfnet/inference.py
+    feature_runtime: str = "auto"
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
@@ -69,10 +72,17 @@ class FINetConfig:
     num_parts: int = 2  # 2 (paper default) or 3 horizontal stripes
     global_weight: float = 1.0  # weight of ClusterNCE on the global feature
     part_weight: float = 1.0  # weight of the mean ClusterNCE over the part features
+    # PPLR's reading: weight each sample's part loss by how much that part's k nearest neighbours agree with
+    # the global feature's (Jaccard of the two neighbour sets, re-measured every epoch; weights averaging 1
+    # over a batch), so occluded or misaligned parts teach less
+    agreement_weights: bool = False
+    agreement_k: int = 20
 
     def check(self) -> None:
         if self.num_parts not in (2, 3):
             raise ValueError(f"dsfnet.finet.num_parts must be 2 or 3, got {self.num_parts}")
+        if self.agreement_k < 1:
+            raise ValueError(f"dsfnet.finet.agreement_k must be >= 1, got {self.agreement_k}")
         for name in ("global_weight", "part_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"dsfnet.finet.{name} must be >= 0, got {getattr(self, name)}")

@@ -2,11 +2,12 @@
 
 `embed_images` is the forward (and `dsfnet.data.images.decode_image` the decoder with the server's limits):
 one function each, so an image is embedded alike whether it is evaluated, served or searched. The
-extractors batch records.
+extractors batch records, and can run the same forward through ONNX Runtime (dsfnet/inference.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -18,7 +19,21 @@ from tqdm import tqdm
 from dsfnet.data.loader import ImageDataset, collate_images
 from dsfnet.data.records import ImageRecord
 from dsfnet.data.transforms import build_test_transform
+from dsfnet.inference import OnnxNetwork, resolve_runtime
 from dsfnet.runtime import keep_freed_memory
+
+log = logging.getLogger(__name__)
+_announced: set[tuple[str, str]] = set()
+
+
+def chosen_runtime(model: torch.nn.Module, runtime: str, device) -> str:
+    """`dsfnet.inference.resolve_runtime` for this network, logged the first time each choice is made."""
+    network = model.module if hasattr(model, "module") else model  # DDP wraps the network
+    chosen = resolve_runtime(runtime, getattr(network, "arch", ""), device)
+    if (runtime, chosen) not in _announced:
+        _announced.add((runtime, chosen))
+        log.info("feature passes run in %s (train.feature_runtime: %s)", chosen, runtime)
+    return chosen
 
 
 @torch.no_grad()
@@ -32,6 +47,14 @@ def embed_images(model: torch.nn.Module, images: torch.Tensor, flip: bool = Fals
     if flip:
         embeddings = F.normalize(embeddings + model(torch.flip(images, dims=[3])).float(), dim=1)
     return embeddings.cpu()
+
+
+def embed_images_onnx(onnx: OnnxNetwork, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """`embed_images` through an exported network (`dsfnet.inference.export_onnx`, output `embedding`)."""
+    embeddings = onnx(images)["embedding"]
+    if flip:
+        embeddings = F.normalize(embeddings + onnx(torch.flip(images, dims=[3]))["embedding"], dim=1)
+    return embeddings
 
 
 def _eval_batches(model: torch.nn.Module, records: Sequence[ImageRecord], height: int, width: int,
@@ -70,9 +93,14 @@ def extract_features(
     desc: str = "features",
     progress: bool = True,
     flip: bool = False,
+    runtime: str = "torch",
 ) -> np.ndarray:
-    """`embed_images` of `records` (N, D), in record order."""
-    chunks = [embed_images(model, images, flip)
+    """`embed_images` of `records` (N, D), in record order; `runtime`: see dsfnet/inference.py."""
+    embed = lambda images: embed_images(model, images, flip)  # noqa: E731
+    if chosen_runtime(model, runtime, device) == "onnxruntime":
+        onnx = OnnxNetwork(model, height, width)
+        embed = lambda images: embed_images_onnx(onnx, images, flip)  # noqa: E731
+    chunks = [embed(images)
               for images in _eval_batches(model, records, height, width, batch_size, workers, device, desc, progress)]
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
 
@@ -89,12 +117,21 @@ def extract_branches(
     desc: str = "features",
     progress: bool = True,
     cache: dict | None = None,
+    runtime: str = "torch",
 ) -> dict[str, np.ndarray | None]:
     """Every branch of a `ReIDNet` for clustering: global (N, D), parts (N, P, D) or None, fused (N, D),
     integration weights (N, P + 1) or None; all features L2-normalised, in record order. `cache`: see
-    `_eval_batches`."""
+    `_eval_batches`; `runtime`: see dsfnet/inference.py."""
     chunks: dict[str, list[torch.Tensor]] = {"global": [], "parts": [], "fused": [], "weights": []}
-    embed = model.module.embed if hasattr(model, "module") else model.embed  # DDP wraps the network
+    network = model.module if hasattr(model, "module") else model  # DDP wraps the network
+    if chosen_runtime(model, runtime, device) == "onnxruntime":
+        onnx = OnnxNetwork(network, height, width, branches=True)
+
+        def embed(images: torch.Tensor) -> list[torch.Tensor | None]:
+            out = onnx(images)
+            return [out.get(name) for name in chunks]
+    else:
+        embed = network.embed
     for images in _eval_batches(model, records, height, width, batch_size, workers, device, desc, progress,
                                 cache):
         for name, value in zip(chunks, embed(images), strict=True):

@@ -68,8 +68,10 @@ class ClusterMemory(nn.Module):
         """Centroids are the mean feature of each cluster (outliers, label -1, ignored)."""
         return cls(centroids_of(features, labels), **kwargs)
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """ClusterNCE: cross-entropy of the sample against all centroids at the given temperature."""
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor,
+                sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """ClusterNCE: cross-entropy of the sample against all centroids at the given temperature
+        (`sample_weights`: a weighted mean over the batch instead of the plain one)."""
         inputs = F.normalize(inputs.to(self.features.dtype), dim=1)
         # a snapshot: the momentum update below must not touch the tensor autograd saved for backward
         logits = inputs @ self.features.clone().T / self.temperature
@@ -77,7 +79,11 @@ class ClusterMemory(nn.Module):
             siblings = self.groups.unsqueeze(0) == self.groups[targets].unsqueeze(1)
             siblings[torch.arange(len(targets), device=targets.device), targets] = False
             logits = logits.masked_fill(siblings, float("-inf"))
-        loss = F.cross_entropy(logits, targets)
+        if sample_weights is None:
+            loss = F.cross_entropy(logits, targets)
+        else:
+            weights = sample_weights.to(logits.dtype)
+            loss = (F.cross_entropy(logits, targets, reduction="none") * weights).sum() / weights.sum().clamp_min(1e-12)
         if self.training:
             self.update(inputs.detach(), targets)
         return loss

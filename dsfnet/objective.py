@@ -57,15 +57,17 @@ class DSFNetObjective(nn.Module):
                                         own_negatives=config.scnet.own_negatives,
                                         hard_negatives=config.scnet.hard_negatives)
 
-    def forward(self, out: ReIDOutput, targets: torch.Tensor,
-                proxy_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The total loss and its terms (floats, for logging)."""
+    def forward(self, out: ReIDOutput, targets: torch.Tensor, proxy_targets: torch.Tensor | None = None,
+                part_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total loss and its terms (floats, for logging). `part_weights` (B, P): FINet's per-sample
+        agreement weights of each part loss (`dsfnet.finet.agreement_weights`)."""
         main = out.fused if self.main_key == "fused" else out.global_
         terms = {"loss_main": self.main(main, targets)}
         total = terms["loss_main"]
         if self.global_memory is not None:
             terms["loss_global"] = self.global_memory(out.global_, targets)
-            part_losses = [m(out.parts[:, p], targets) for p, m in enumerate(self.part_memories)]
+            part_losses = [m(out.parts[:, p], targets, None if part_weights is None else part_weights[:, p])
+                           for p, m in enumerate(self.part_memories)]
             terms["loss_parts"] = torch.stack(part_losses).mean()
             total = total + self.config.finet.global_weight * terms["loss_global"] \
                 + self.config.finet.part_weight * terms["loss_parts"]

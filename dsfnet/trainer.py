@@ -26,6 +26,7 @@ from dsfnet.atomic import atomic_path
 from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
 from dsfnet.cluster.dbscan import camera_normalise
 from dsfnet.cluster.ddo import cluster_fused
+from dsfnet.cluster.part_agreement import part_agreement
 from dsfnet.cluster.scnet import HardProxies, secondary_clustering
 from dsfnet.config import DSFNetConfig, TrainConfig
 from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, RankShare, collate_images
@@ -131,6 +132,7 @@ class EpochLabels:
     timings: dict[str, float]
     proxies: HardProxies | None
     extra: dict[str, float]
+    part_agreement: np.ndarray | None = None  # (N, P): FINet's agreement weights, when dsfnet.finet asks for them
 
 
 def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetConfig, epoch: int,
@@ -154,6 +156,10 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
             f"epoch {epoch}: DBSCAN found no cluster among {len(pseudo.labels)} samples "
             f"(eps={cluster_config.eps}, min_samples={cluster_config.min_samples}); "
             f"try a larger cluster.eps or a smaller cluster.min_samples")
+    agreement = None
+    if method.finet.enabled and method.finet.agreement_weights:
+        agreement = part_agreement(branches["global"], branches["parts"], method.finet.agreement_k)
+        extra.update({f"part_agreement_{p}": float(agreement[:, p].mean()) for p in range(agreement.shape[1])})
     proxies = None
     if method.scnet.enabled:
         start = time.perf_counter()
@@ -169,8 +175,8 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
         pseudo.timings["dbscan_s"] += time.perf_counter() - start
         extra.update(proxies.stats(), primary_clusters=pseudo.num_clusters)
         if scnet.split:  # every sub-cluster is a pseudo-identity: DBSCAN's chained clusters come apart
-            return EpochLabels(proxies.assignment.copy(), pseudo.timings, proxies, extra)
-    return EpochLabels(pseudo.labels, pseudo.timings, proxies, extra)
+            return EpochLabels(proxies.assignment.copy(), pseudo.timings, proxies, extra, agreement)
+    return EpochLabels(pseudo.labels, pseudo.timings, proxies, extra, agreement)
 
 
 def build_optimizer(params, config: TrainConfig) -> torch.optim.Adam:
@@ -271,7 +277,8 @@ def cluster_epoch(session: Session, records: Sequence[ImageRecord], camids: np.n
     rank, world = session.rank, session.world
     branches = extract_branches(session.model, records[rank::world], config.height, config.width,
                                 config.feature_batch_size, config.workers, session.device,
-                                desc=f"epoch {epoch} features", progress=progress and rank == 0, cache=image_cache)
+                                desc=f"epoch {epoch} features", progress=progress and rank == 0, cache=image_cache,
+                                runtime=config.feature_runtime)
     if world > 1:
         branches = {k: gather_rows(v, len(records)) if v is not None else None for k, v in branches.items()}
     extract_s = time.perf_counter() - start
@@ -309,15 +316,18 @@ def cycle(loader: DataLoader) -> Iterator:
 
 
 def train_step(network, objective: DSFNetObjective, optimizer, scaler, batch, proxy_of: np.ndarray | None,
-               device: torch.device, use_amp: bool):
-    """One optimisation step on a sampler batch; returns (loss, loss terms, network output)."""
+               device: torch.device, use_amp: bool, part_weights_of: np.ndarray | None = None):
+    """One optimisation step on a sampler batch; returns (loss, loss terms, network output).
+    `proxy_of`, `part_weights_of`: each kept sample's SCNet proxy and FINet agreement weights (or None)."""
     images, targets, _, indices = batch
     targets = targets.to(device)
     proxy_targets = torch.from_numpy(proxy_of[indices.numpy()]).to(device) if proxy_of is not None else None
+    part_weights = (torch.from_numpy(part_weights_of[indices.numpy()]).to(device)
+                    if part_weights_of is not None else None)
     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
         out = network(images.to(device, non_blocking=True))
     out = type(out)(*(t.float() if t is not None else None for t in out))  # losses in float32
-    loss, terms = objective(out, targets, proxy_targets)
+    loss, terms = objective(out, targets, proxy_targets, part_weights)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -330,6 +340,7 @@ def run_iterations(session: Session, objective: DSFNetObjective, loader: DataLoa
     """`iters` steps; returns the mean loss, the mean of each loss term and FINet's mean integration weights."""
     kept = np.flatnonzero(clustered.labels >= 0)
     proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None
+    part_weights_of = clustered.part_agreement[kept] if clustered.part_agreement is not None else None
     session.network.train()
     objective.train()
     losses: list[float] = []
@@ -338,7 +349,7 @@ def run_iterations(session: Session, objective: DSFNetObjective, loader: DataLoa
     batches = cycle(loader)
     for _ in range(iters):
         loss, parts, out = train_step(session.network, objective, session.optimizer, session.scaler, next(batches),
-                                      proxy_of, session.device, session.use_amp)
+                                      proxy_of, session.device, session.use_amp, part_weights_of)
         losses.append(loss)
         for name, value in parts.items():
             terms.setdefault(name, []).append(value)

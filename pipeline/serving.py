@@ -5,6 +5,9 @@ Request body for `mlflow models serve`:
 Response: {"predictions": [[e_1, ..., e_D], ...]}, one unit-norm row per image; D is in the model's
 metadata (`embedding_dim`). For local batch use (`mlflow.pyfunc.load_model(...).predict`) a `path`
 column of image files works too; a server refuses it (it would read files on the server's disk).
+The registered model also carries the embedding network as ONNX (`artifacts/embedding.onnx`, when the
+`onnx` extra is installed), for deployments without PyTorch; its metadata says what goes in and out. With
+`runtime` (model config: auto | torch | onnxruntime; auto as train.feature_runtime) the server itself runs it.
 Bad input — no image column, an empty batch, bytes that are not an image, an image over
 `max_image_mb` or `max_pixels` — raises an MlflowException, which the server answers with HTTP 400 and
 the message. MLflow loads the model from code (pipeline/serving_model.py), not from a pickle.
@@ -16,6 +19,7 @@ import base64
 import binascii
 import io
 import os
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -31,15 +35,17 @@ from PIL import Image
 
 from dsfnet.checkpoint import load_checkpoint
 from dsfnet.data.images import ImageDecodeError, ImageLimits, decode_image
-from dsfnet.data.transforms import build_test_transform
-from dsfnet.features import embed_images
+from dsfnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
+from dsfnet.features import embed_images, embed_images_onnx
+from dsfnet.inference import OnnxNetwork, export_onnx, onnxruntime_installed, resolve_runtime
 from dsfnet.runtime import keep_freed_memory
 from pipeline.batching import MicroBatcher
 
 INPUT_COLUMN = "image"
 PATH_COLUMN = "path"
 DEFAULTS = {"flip": True, "batch_size": 64, "max_image_mb": ImageLimits.max_mb,
-            "max_pixels": ImageLimits.max_pixels}
+            "max_pixels": ImageLimits.max_pixels, "runtime": "auto"}
+ONNX_FILE = "embedding.onnx"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CODE = Path(__file__).with_name("serving_model.py")  # what MLflow runs to build the model
 
@@ -71,6 +77,13 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         self.flip = bool(config["flip"])
         self.batch_size = int(config["batch_size"])
         self.limits = ImageLimits.from_config(config)
+        self.runtime = resolve_runtime(str(config["runtime"]), self.model.arch, self.device, "model config runtime")
+        self.onnx = None
+        if self.runtime == "onnxruntime":
+            if "onnx" not in context.artifacts:
+                raise MlflowException("model config runtime: onnxruntime, but this model was logged without "
+                                      f"{ONNX_FILE} (log it again with the onnx extra installed)")
+            self.onnx = OnnxNetwork.from_file(context.artifacts["onnx"])
         # the server calls predict from several threads at once: they decode concurrently and share forwards
         self.batcher = MicroBatcher(self._forward, max_batch=self.batch_size)
 
@@ -99,6 +112,8 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         return self._open(row, path.read_bytes(), str(path))
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.onnx is not None:
+            return embed_images_onnx(self.onnx, batch, self.flip)
         return embed_images(self.model, batch.to(self.device), self.flip)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
@@ -129,6 +144,8 @@ def signature(embedding_dim: int) -> ModelSignature:
 def requirements() -> list[str]:
     """Pinned from this environment, so MLflow need not infer them (slow) or guess."""
     names = ["torch", "torchvision", "numpy", "pandas", "pillow", "mlflow"]
+    if onnxruntime_installed():
+        names += ["onnx", "onnxruntime"]
     return [f"{name}=={version(name)}" for name in names]
 
 
@@ -143,17 +160,29 @@ def log_reid_model(checkpoint: str | Path, flip: bool = True, registered_model_n
                    tags: dict[str, str] | None = None):
     """Log the checkpoint as a pyfunc model in the active run (and register it); returns the ModelInfo."""
     model, payload = load_checkpoint(checkpoint)
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(MODEL_CODE),
-        artifacts={"checkpoint": str(checkpoint)},
-        signature=signature(model.embedding_dim),
-        input_example=pd.DataFrame({INPUT_COLUMN: [example_image()]}),
-        code_paths=[str(PACKAGE_ROOT / "dsfnet"), str(PACKAGE_ROOT / "pipeline")],
-        pip_requirements=requirements(),
-        model_config={**DEFAULTS, "flip": flip},
-        metadata={"embedding_dim": model.embedding_dim, "input_size": list(payload["input_size"]),
-                  "output": "L2-normalised embedding per image"},
-        registered_model_name=registered_model_name,
-        tags=tags,
-    )
+    height, width = payload["input_size"]
+    artifacts, metadata = {"checkpoint": str(checkpoint)}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnxruntime_installed():
+            artifacts["onnx"] = str(Path(tmp) / ONNX_FILE)
+            export_onnx(model, artifacts["onnx"], height, width)
+            metadata["onnx"] = {
+                "file": f"artifacts/{ONNX_FILE}",
+                "input": f"images: float32 (N, 3, {height}, {width}), RGB resized bicubic, scaled to [0, 1], "
+                         f"minus mean {list(IMAGENET_MEAN)}, over std {list(IMAGENET_STD)}",
+                "output": "embedding: float32 (N, embedding_dim), L2-normalised; the served embedding adds the "
+                          "horizontally flipped image's and re-normalises (model config flip)"}
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts=artifacts,
+            signature=signature(model.embedding_dim),
+            input_example=pd.DataFrame({INPUT_COLUMN: [example_image()]}),
+            code_paths=[str(PACKAGE_ROOT / "dsfnet"), str(PACKAGE_ROOT / "pipeline")],
+            pip_requirements=requirements(),
+            model_config={**DEFAULTS, "flip": flip},
+            metadata={"embedding_dim": model.embedding_dim, "input_size": list(payload["input_size"]),
+                      "output": "L2-normalised embedding per image", **metadata},
+            registered_model_name=registered_model_name,
+            tags=tags,
+        )

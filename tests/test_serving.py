@@ -114,7 +114,38 @@ def test_the_model_is_logged_as_code_not_as_a_pickle(local_model):
 
     flavor = local_model.metadata.flavors["python_function"]
     assert Path(flavor[MODEL_CODE_PATH]).name == "serving_model.py" and "python_model" not in flavor
-    assert set(flavor["artifacts"]) == {"checkpoint"} and flavor["config"]["flip"] is True
+    assert set(flavor["artifacts"]) == {"checkpoint", "onnx"} and flavor["config"]["flip"] is True
+
+
+def test_the_onnx_file_alone_gives_the_served_embeddings(registry, local_model):
+    """A deployment without PyTorch: ONNX Runtime, PIL and numpy, following the metadata's description."""
+    import onnxruntime
+
+    _, _, records = registry
+    meta = local_model.metadata.metadata
+    assert meta["onnx"]["file"] == "artifacts/embedding.onnx" and "minus mean" in meta["onnx"]["input"]
+    path = Path(mlflow.artifacts.download_artifacts("models:/dsfnet-reid@champion")) / meta["onnx"]["file"]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    height, width = meta["input_size"]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    pixels = np.stack([(np.asarray(Image.open(r.path).convert("RGB").resize((width, height), Image.BICUBIC))
+                        / 255.0 - mean) / std for r in records]).transpose(0, 3, 1, 2).astype(np.float32)
+    plain, = session.run(["embedding"], {"images": pixels})
+    mirrored, = session.run(["embedding"], {"images": np.ascontiguousarray(pixels[..., ::-1])})
+    summed = plain + mirrored
+    expected = summed / np.linalg.norm(summed, axis=1, keepdims=True)
+    served = np.asarray(local_model.predict(pd.DataFrame({"image": [encode_image(r.path) for r in records]})))
+    np.testing.assert_allclose(expected, served, atol=1e-4)
+
+
+def test_the_server_runs_onnxruntime_when_asked_with_the_same_embeddings(registry, local_model):
+    _, _, records = registry
+    frame = pd.DataFrame({"image": [encode_image(r.path) for r in records]})
+    in_onnx = mlflow.pyfunc.load_model("models:/dsfnet-reid@champion", model_config={"runtime": "onnxruntime"})
+    np.testing.assert_allclose(np.asarray(in_onnx.predict(frame)), np.asarray(local_model.predict(frame)),
+                               atol=1e-4)
+    with pytest.raises(Exception, match="model config runtime must be one of"):
+        mlflow.pyfunc.load_model("models:/dsfnet-reid@champion", model_config={"runtime": "tensorrt"})
 
 
 def test_local_batches_are_chunked_without_changing_the_result(registry, local_model):

@@ -110,6 +110,7 @@ class ReIDNet(nn.Module):
                 resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
             )
             self.feature_dim = resnet.fc.in_features
+        self.arch = config.arch
         self.num_parts = num_parts
         self.fuse_parts = fuse_parts
         self.pool = AveragePooling() if config.pooling == "avg" else GeneralizedMeanPooling()

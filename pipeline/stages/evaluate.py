@@ -83,7 +83,7 @@ def evaluate(params: Params) -> None:
     model, payload = load_checkpoint(CHECKPOINT, map_location=device)
     height, width = payload["input_size"]
     extract = dict(height=height, width=width, batch_size=cfg.batch_size, device=device,
-                   workers=params.train.workers, flip=cfg.flip)
+                   workers=params.train.workers, flip=cfg.flip, runtime=params.train.feature_runtime)
     query = extract_features(model, dataset.query, desc="query features", **extract)
     gallery = extract_features(model, dataset.gallery, desc="gallery features", **extract)
     q, g = _arrays(dataset.query), _arrays(dataset.gallery)

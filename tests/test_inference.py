@@ -1,0 +1,85 @@
+"""Feature passes through ONNX Runtime (dsfnet/inference.py): the same features as PyTorch's, to 1e-4."""
+
+import numpy as np
+import pytest
+import torch
+
+from dsfnet import inference
+from dsfnet.config import DSFNetConfig, ModelConfig
+from dsfnet.data import SyntheticConfig, generate_synthetic
+from dsfnet.features import extract_branches, extract_features
+from dsfnet.inference import OnnxNetwork, resolve_runtime
+from dsfnet.models import build_model
+
+HEIGHT, WIDTH = 64, 32
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic"),
+                              SyntheticConfig(profile="tiny", height=HEIGHT, width=WIDTH), progress=False)
+
+
+def network(arch: str, method: DSFNetConfig | None) -> torch.nn.Module:
+    """A network whose BatchNorm statistics come from images, as after training (random-init ones do not)."""
+    model = build_model(ModelConfig(arch=arch, last_stride=2), method, seed=5)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(32, 3, HEIGHT, WIDTH))
+    return model.eval()
+
+
+def test_auto_picks_onnxruntime_where_it_measured_faster(monkeypatch):
+    assert resolve_runtime("auto", "mobilenet_v2") == "onnxruntime"
+    assert resolve_runtime("auto", "resnet18") == "torch"
+    assert resolve_runtime("auto", "mobilenet_v2", "cuda") == "torch"
+    assert resolve_runtime("torch", "mobilenet_v2") == "torch"
+    assert resolve_runtime("onnxruntime", "resnet18") == "onnxruntime"
+    monkeypatch.setattr(inference, "onnxruntime_installed", lambda: False)
+    assert resolve_runtime("auto", "mobilenet_v2") == "torch"  # without the extra: PyTorch, no error
+    with pytest.raises(ValueError, match=r"pip install '\.\[onnx\]'"):
+        resolve_runtime("onnxruntime", "mobilenet_v2")
+
+
+def test_bad_runtime_settings_name_the_parameter():
+    with pytest.raises(ValueError, match="train.feature_runtime must be one of"):
+        resolve_runtime("tensorrt", "resnet18")
+    with pytest.raises(ValueError, match="train.feature_runtime: onnxruntime runs on the CPU"):
+        resolve_runtime("onnxruntime", "resnet18", "cuda")
+
+
+@pytest.mark.parametrize("arch,method", [("mobilenet_v2", DSFNetConfig()), ("resnet18", None)])
+def test_every_branch_equals_pytorchs(data, arch, method):
+    model = network(arch, method)
+    got = {runtime: extract_branches(model, data.train, HEIGHT, WIDTH, batch_size=16, progress=False,
+                                     runtime=runtime) for runtime in ("torch", "onnxruntime")}
+    for name, reference in got["torch"].items():
+        if reference is None:  # the baseline network has no parts and no integration weights
+            assert got["onnxruntime"][name] is None and method is None
+            continue
+        assert got["onnxruntime"][name].shape == reference.shape
+        np.testing.assert_allclose(got["onnxruntime"][name], reference, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_retrieval_embeddings_equal_pytorchs(data, flip):
+    model = network("mobilenet_v2", DSFNetConfig())
+    torch_features, onnx_features = (
+        extract_features(model, data.query, HEIGHT, WIDTH, batch_size=8, progress=False, flip=flip, runtime=runtime)
+        for runtime in ("torch", "onnxruntime"))
+    assert onnx_features.shape == (len(data.query), model.embedding_dim)
+    np.testing.assert_allclose(np.linalg.norm(onnx_features, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(onnx_features, torch_features, atol=1e-4)
+
+
+def test_export_leaves_a_training_network_training(data):
+    """Exporting runs the network in eval mode; the trainer's network must come back in train mode."""
+    model = network("resnet18", None).train()
+    onnx = OnnxNetwork(model, HEIGHT, WIDTH)
+    assert model.training and all(m.training for m in model.modules())
+    extract_branches(model, data.train[:4], HEIGHT, WIDTH, progress=False, runtime="onnxruntime")  # as each epoch
+    assert model.training and all(m.training for m in model.modules())
+    images = torch.rand(3, 3, HEIGHT, WIDTH)
+    with torch.no_grad():
+        reference = model.eval()(images)
+    np.testing.assert_allclose(onnx(images)["embedding"].numpy(), reference.numpy(), atol=1e-4)
