@@ -69,8 +69,8 @@ def arrays(records):
 
 def retrieval(model, data, config: TrainConfig) -> tuple[float, float]:
     """(mAP, rank-1) in percent of flip-averaged features on the query × gallery protocol."""
-    q = extract_features(model, data.query, config.height, config.width, flip=True, progress=False)
-    g = extract_features(model, data.gallery, config.height, config.width, flip=True, progress=False)
+    q, g = (extract_features(model, records, config.height, config.width, flip=True, progress=False,
+                             runtime=config.feature_runtime) for records in (data.query, data.gallery))
     (qp, qc), (gp, gc) = arrays(data.query), arrays(data.gallery)
     mean_ap, cmc = compute_map_cmc(cosine_distance(q, g), qp, gp, qc, gc)
     return 100 * mean_ap, 100 * float(cmc[0])
@@ -92,17 +92,22 @@ def run_one(data, variant: str, seed: int, config: TrainConfig, cluster: Cluster
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), save_to)
+    start = time.perf_counter()
     mean_ap, rank1 = retrieval(model, data, config)
+    eval_minutes = (time.perf_counter() - start) / 60
     last = result.history[-1]
     return {"variant": variant, "seed": seed, "mAP": mean_ap, "rank1": rank1,
             "purity": last.purity, "clusters": last.num_clusters, "pair_f1": _f1(last), "minutes": minutes,
+            "eval_minutes": eval_minutes,
             "purity_per_epoch": [h.purity for h in result.history],
             "pair_precision_per_epoch": [h.pair_precision for h in result.history],
             "pair_recall_per_epoch": [h.pair_recall for h in result.history],
             "cross_camera_pair_recall_per_epoch": [h.cross_camera_pair_recall for h in result.history],
             "clusters_per_epoch": [h.num_clusters for h in result.history],
             "largest_cluster_per_epoch": [h.max_cluster_size for h in result.history],
-            "outliers_per_epoch": [h.num_outliers for h in result.history], "method": enabled_parts(settings)}
+            "outliers_per_epoch": [h.num_outliers for h in result.history], "method": enabled_parts(settings),
+            **{f"{phase}_per_epoch": [getattr(h, phase) for h in result.history]
+               for phase in ("extract_s", "knn_s", "jaccard_s", "dbscan_s", "train_s")}}
 
 
 def _f1(stats) -> float:

@@ -1,0 +1,92 @@
+"""The cpu-imagenet training run on the old and the new code path, side by side: wall time and mAP.
+
+    python bench/bench_speedup.py [--seeds 1 2 3] [--paths old new] [--synthetic market] [--manifest CSV]
+                                  [--out bench/results/speedup.json]
+
+`old`: contiguous memory and PyTorch feature passes (the code path before issue 27: `model.memory_format:
+contiguous`, `train.feature_runtime: torch`); `new`: the defaults (`auto`: channels-last MobileNetV2, ONNX Runtime
+feature passes when the onnx extra is installed). Everything else is profile cpu-imagenet (ImageNet
+MobileNetV2 at 128×64, 12 × 40, its DSFNet parts and clustering), trained on the synthetic `market` profile
+(750 train identities, ~13k images; generated once into a temp folder) or on a folder-reader --manifest.
+Rows (minutes of training, minutes of evaluation, mAP, rank-1, per-epoch phase seconds) are appended to --out
+and skipped when already there, so the bench resumes; it prints, per path, mean ± std over the seeds and the
+new/old ratio of training minutes. Run it on idle cores: one training at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from bench_ablation import run_one
+
+from dsfnet.data import SyntheticConfig, generate_synthetic, load_dataset
+from pipeline.profiles import profile_params
+
+PATHS = {"old": {"memory_format": "contiguous", "feature_runtime": "torch"},
+         "new": {"memory_format": "auto", "feature_runtime": "auto"}}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
+    parser.add_argument("--synthetic", default="market", help="synthetic profile to train on (tiny for a check)")
+    parser.add_argument("--manifest", type=Path, help="a folder-reader CSV instead of synthetic images")
+    parser.add_argument("--profile", default="cpu-imagenet")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--iters", type=int)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/speedup.json"))
+    args = parser.parse_args()
+    params = profile_params(args.profile)
+    config = replace(params.train, device="cpu", **{k: v for k, v in (("epochs", args.epochs), ("iters", args.iters))
+                                                    if v is not None})
+    dataset = args.manifest.stem if args.manifest else f"synthetic-{args.synthetic}"
+    rows = json.loads(args.out.read_text()) if args.out.is_file() else []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = (load_dataset("folder", args.manifest) if args.manifest else
+                generate_synthetic(tmp, SyntheticConfig(profile=args.synthetic, height=128, width=64), progress=False))
+        print(f"{dataset}: {len(data.train)} train, {len(data.query)} query, {len(data.gallery)} gallery; "
+              f"profile {args.profile}, {config.epochs} x {config.iters}", flush=True)
+        for seed in args.seeds:
+            for path in args.paths:
+                key = (dataset, args.profile, config.epochs, config.iters, seed, path)
+                if any((r["dataset"], r["profile"], r["epochs"], r["iters"], r["seed"], r["path"]) == key
+                       for r in rows):
+                    continue
+                model_config = replace(params.model, memory_format=PATHS[path]["memory_format"])
+                path_config = replace(config, feature_runtime=PATHS[path]["feature_runtime"])
+                row = run_one(data, "full", seed, path_config, params.cluster, model_config=model_config,
+                              settings=params.dsfnet)
+                rows.append({**row, "dataset": dataset, "profile": args.profile, "epochs": config.epochs,
+                             "iters": config.iters, "path": path, **PATHS[path]})
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(rows, indent=1))
+                print(f"seed {seed} {path}: {row['minutes']:.1f} min training, mAP {row['mAP']:.2f}, "
+                      f"rank-1 {row['rank1']:.2f}, evaluation {row['eval_minutes']:.1f} min", flush=True)
+    mine = [r for r in rows if (r["dataset"], r["profile"], r["epochs"], r["iters"])
+            == (dataset, args.profile, config.epochs, config.iters)]
+    print("\n| path | seeds | training minutes | evaluation minutes | mAP | rank-1 |\n|---|---|---|---|---|---|")
+    minutes = {}
+    for path in PATHS:
+        done = [r for r in mine if r["path"] == path and r["seed"] in args.seeds]
+        minutes[path] = [r["minutes"] for r in done]
+        print(f"| {path} | {len(done)} | {mean_std(minutes[path])} | {mean_std([r['eval_minutes'] for r in done])} | "
+              f"{mean_std([r['mAP'] for r in done])} | "
+              f"{mean_std([r['rank1'] for r in done])} |")
+    if minutes["old"] and minutes["new"]:
+        print(f"new / old training time: {statistics.mean(minutes['new']) / statistics.mean(minutes['old']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
