@@ -1,7 +1,8 @@
 """Load test of `mlflow models serve`: throughput, latency and error codes under concurrent, partly bad traffic.
 
     python bench/bench_serving.py [--requests 1000] [--concurrency 8] [--batch 8] [--malformed 0.1]
-                                  [--checkpoint models/model.pt] [--workers 1]
+                                  [--checkpoint models/model.pt] [--workers 1] [--runtime auto|torch|onnxruntime]
+                                  [--arch resnet18 --size 64x32]
 
 Logs the checkpoint (default: models/model.pt when it exists, else a random-init DSFNet network at 64×32)
 as the pipeline's pyfunc model into a temporary sqlite registry, serves it on 127.0.0.1, sends the requests
@@ -35,7 +36,8 @@ from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.data.images import decode_image
 from dsfnet.data.transforms import build_test_transform
-from dsfnet.features import embed_images
+from dsfnet.features import embed_images, embed_images_onnx
+from dsfnet.inference import OnnxNetwork, resolve_runtime
 from dsfnet.models import ModelConfig, build_model
 from pipeline.serving import encode_image, log_reid_model
 
@@ -89,13 +91,19 @@ def send_all(url: str, bodies: list[str], concurrency: int) -> tuple[list[tuple[
     return results, time.perf_counter() - start
 
 
-def bare_images_per_s(model: torch.nn.Module, batch: torch.Tensor, seconds: float = 10.0) -> float:
-    """What the server's own forward (`embed_images`, flip on) does without HTTP, decoding or batching."""
+def bare_images_per_s(model: torch.nn.Module, batch: torch.Tensor, runtime: str, seconds: float = 10.0) -> float:
+    """What the server's own forward (`embed_images`, flip on, in `runtime`) does without HTTP, decoding or
+    batching."""
+    if resolve_runtime(runtime, model.arch) == "onnxruntime":
+        onnx = OnnxNetwork(model, *batch.shape[2:])
+        forward = lambda: embed_images_onnx(onnx, batch, flip=True)  # noqa: E731
+    else:
+        forward = lambda: embed_images(model, batch, flip=True)  # noqa: E731
     for _ in range(3):
-        embed_images(model, batch, flip=True)
+        forward()
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        embed_images(model, batch, flip=True)
+        forward()
         runs += 1
     return runs * len(batch) / (time.perf_counter() - start)
 
@@ -107,7 +115,8 @@ def report(args: argparse.Namespace, results: list[tuple[int, float, str]], good
     good_latency = np.array([seconds for _, seconds, body in results if body is good]) * 1000
     images_per_s = sum(1 for code, _, body in results if body is good and code == 200) * args.batch / wall
     print(f"{args.requests} requests, concurrency {args.concurrency}, {args.batch} images each, "
-          f"{args.malformed:.0%} malformed, server workers {args.workers}, torch threads {torch.get_num_threads()}")
+          f"{args.malformed:.0%} malformed, server workers {args.workers}, torch threads {torch.get_num_threads()}, "
+          f"model {args.described}, runtime {args.runtime} ({args.resolved})")
     print(f"wall {wall:.1f} s: {args.requests / wall:.1f} requests/s, {images_per_s:.1f} images/s served")
     print(f"latency all: p50 {np.percentile(latency, 50):.0f} ms, p99 {np.percentile(latency, 99):.0f} ms; "
           f"well-formed: p50 {np.percentile(good_latency, 50):.0f} ms, p99 {np.percentile(good_latency, 99):.0f} ms")
@@ -127,6 +136,10 @@ def main() -> None:
     parser.add_argument("--malformed", type=float, default=0.1)
     parser.add_argument("--checkpoint", type=Path, default=Path("models/model.pt"))
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
+    parser.add_argument("--arch", default="resnet18", help="network of the random-init model (no --checkpoint)")
+    parser.add_argument("--size", default="64x32", help="HEIGHTxWIDTH of the random-init model")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
+                        help="the served model's runtime (model config)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -136,8 +149,13 @@ def main() -> None:
         if not checkpoint.is_file():
             torch.manual_seed(0)
             checkpoint = root / "model.pt"
-            save_checkpoint(checkpoint, build_model(ModelConfig(), DSFNetConfig()), ModelConfig(), height=64, width=32)
+            height, width = (int(v) for v in args.size.split("x"))
+            config = ModelConfig(arch=args.arch)
+            save_checkpoint(checkpoint, build_model(config, DSFNetConfig()), config, height=height, width=width)
         model, payload = load_checkpoint(checkpoint)
+        args.described = f"{checkpoint.name if args.checkpoint.is_file() else 'random-init FINet'} {model.arch} " \
+                         f"{'x'.join(map(str, payload['input_size']))}"
+        args.resolved = resolve_runtime(args.runtime, model.arch)
         paths = [r.path for r in generate_synthetic(root / "data", SyntheticConfig(profile="tiny"),
                                                     progress=False).query[: args.batch]]
         transform = build_test_transform(*payload["input_size"])
@@ -152,14 +170,14 @@ def main() -> None:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         with mlflow.start_run():
-            log_reid_model(checkpoint, flip=True, registered_model_name="dsfnet-reid")
+            log_reid_model(checkpoint, flip=True, registered_model_name="dsfnet-reid", runtime=args.runtime)
         process, url = start_server(root, uri, args.workers)
         try:
             results, wall = send_all(url, bodies, args.concurrency)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
-    report(args, results, good, wall, bare_images_per_s(model, batch))
+    report(args, results, good, wall, bare_images_per_s(model, batch, args.runtime))
 
 
 if __name__ == "__main__":

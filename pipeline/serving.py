@@ -157,8 +157,9 @@ def example_image() -> str:
 
 
 def log_reid_model(checkpoint: str | Path, flip: bool = True, registered_model_name: str | None = None,
-                   tags: dict[str, str] | None = None):
-    """Log the checkpoint as a pyfunc model in the active run (and register it); returns the ModelInfo."""
+                   tags: dict[str, str] | None = None, runtime: str = "auto"):
+    """Log the checkpoint as a pyfunc model in the active run (and register it); returns the ModelInfo.
+    `runtime`: what the server runs the network in (model config; see the module docstring)."""
     model, payload = load_checkpoint(checkpoint)
     height, width = payload["input_size"]
     artifacts, metadata = {"checkpoint": str(checkpoint)}, {}
@@ -180,7 +181,7 @@ def log_reid_model(checkpoint: str | Path, flip: bool = True, registered_model_n
             input_example=pd.DataFrame({INPUT_COLUMN: [example_image()]}),
             code_paths=[str(PACKAGE_ROOT / "dsfnet"), str(PACKAGE_ROOT / "pipeline")],
             pip_requirements=requirements(),
-            model_config={**DEFAULTS, "flip": flip},
+            model_config={**DEFAULTS, "flip": flip, "runtime": runtime},
             metadata={"embedding_dim": model.embedding_dim, "input_size": list(payload["input_size"]),
                       "output": "L2-normalised embedding per image", **metadata},
             registered_model_name=registered_model_name,
