@@ -25,6 +25,8 @@ from pathlib import Path
 from bench_ablation import run_one
 
 from dsfnet.data import SyntheticConfig, generate_synthetic, load_dataset
+from dsfnet.inference import resolve_runtime
+from dsfnet.models.backbone import uses_channels_last
 from pipeline.profiles import profile_params
 
 PATHS = {"old": {"memory_format": "contiguous", "feature_runtime": "torch"},
@@ -46,9 +48,12 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu-imagenet")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--iters", type=int)
+    parser.add_argument("--arch", help="another network than the profile's (e.g. for a quick check)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/speedup.json"))
     args = parser.parse_args()
     params = profile_params(args.profile)
+    if args.arch:
+        params.model = replace(params.model, arch=args.arch)
     config = replace(params.train, device="cpu", **{k: v for k, v in (("epochs", args.epochs), ("iters", args.iters))
                                                     if v is not None})
     dataset = args.manifest.stem if args.manifest else f"synthetic-{args.synthetic}"
@@ -60,22 +65,25 @@ def main() -> None:
               f"profile {args.profile}, {config.epochs} x {config.iters}", flush=True)
         for seed in args.seeds:
             for path in args.paths:
-                key = (dataset, args.profile, config.epochs, config.iters, seed, path)
-                if any((r["dataset"], r["profile"], r["epochs"], r["iters"], r["seed"], r["path"]) == key
+                key = (dataset, args.profile, params.model.arch, config.epochs, config.iters, seed, path)
+                if any((r["dataset"], r["profile"], r["arch"], r["epochs"], r["iters"], r["seed"], r["path"]) == key
                        for r in rows):
                     continue
                 model_config = replace(params.model, memory_format=PATHS[path]["memory_format"])
                 path_config = replace(config, feature_runtime=PATHS[path]["feature_runtime"])
                 row = run_one(data, "full", seed, path_config, params.cluster, model_config=model_config,
                               settings=params.dsfnet)
-                rows.append({**row, "dataset": dataset, "profile": args.profile, "epochs": config.epochs,
-                             "iters": config.iters, "path": path, **PATHS[path]})
+                ran = {"channels_last": uses_channels_last(model_config),  # what `auto` resolved to here
+                       "runtime": resolve_runtime(path_config.feature_runtime, model_config.arch)}
+                rows.append({**row, "dataset": dataset, "profile": args.profile, "arch": model_config.arch,
+                             "epochs": config.epochs, "iters": config.iters, "path": path, **PATHS[path], **ran})
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(rows, indent=1))
-                print(f"seed {seed} {path}: {row['minutes']:.1f} min training, mAP {row['mAP']:.2f}, "
+                print(f"seed {seed} {path} (channels-last {ran['channels_last']}, {ran['runtime']}): "
+                      f"{row['minutes']:.1f} min training, mAP {row['mAP']:.2f}, "
                       f"rank-1 {row['rank1']:.2f}, evaluation {row['eval_minutes']:.1f} min", flush=True)
-    mine = [r for r in rows if (r["dataset"], r["profile"], r["epochs"], r["iters"])
-            == (dataset, args.profile, config.epochs, config.iters)]
+    mine = [r for r in rows if (r["dataset"], r["profile"], r["arch"], r["epochs"], r["iters"])
+            == (dataset, args.profile, params.model.arch, config.epochs, config.iters)]
     print("\n| path | seeds | training minutes | evaluation minutes | mAP | rank-1 |\n|---|---|---|---|---|---|")
     minutes = {}
     for path in PATHS:

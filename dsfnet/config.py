@@ -15,6 +15,10 @@ SECONDARY = ("hard", "camera")  # SCNet's sub-clusters: hard-sample groups (link
 POSITIVES = ("own", "hardest", "all")
 
 
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # model.memory_format
+FEATURE_RUNTIMES = ("auto", "torch", "onnxruntime")  # train.feature_runtime
+
+
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"
@@ -23,8 +27,13 @@ class ModelConfig:
     last_stride: int = 1
     pooling: str = "avg"  # avg (paper) or gem (reference code default)
     # channels_last | contiguous | auto: channels_last for mobilenet_v2 and resnet50, whose convolutions run
-    # 1.2-1.9x faster that way on CPU; contiguous for resnet18, slower that way at 64x32 (bench/bench_cpu.py)
+    # 1.2-1.9x faster that way on CPU (on GPUs too, by NVIDIA's guidance; not measured here); contiguous for
+    # resnet18, slower that way at 64x32 (bench/bench_cpu.py)
     memory_format: str = "auto"
+
+    def check(self) -> None:
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"model.memory_format must be one of {list(MEMORY_FORMATS)}, got {self.memory_format!r}")
 
 
 @dataclass
@@ -43,9 +52,14 @@ class TrainConfig:
     width: int = 32
     workers: int = 0
     feature_batch_size: int = 128
-    # every feature pass (clustering, evaluation, search): torch | onnxruntime | auto (ONNX Runtime where it
+    # the feature passes of clustering and evaluation: torch | onnxruntime | auto (ONNX Runtime where it
     # measured faster, mobilenet_v2 on CPU, when installed: pip install '.[onnx]'); dsfnet/inference.py
     feature_runtime: str = "auto"
+
+    def check(self) -> None:
+        if self.feature_runtime not in FEATURE_RUNTIMES:
+            raise ValueError(f"train.feature_runtime must be one of {list(FEATURE_RUNTIMES)}, "
+                             f"got {self.feature_runtime!r}")
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
@@ -73,8 +87,8 @@ class FINetConfig:
     global_weight: float = 1.0  # weight of ClusterNCE on the global feature
     part_weight: float = 1.0  # weight of the mean ClusterNCE over the part features
     # PPLR's reading: weight each sample's part loss by how much that part's k nearest neighbours agree with
-    # the global feature's (Jaccard of the two neighbour sets, re-measured every epoch; weights averaging 1
-    # over a batch), so occluded or misaligned parts teach less
+    # the global feature's (Jaccard of the two neighbour sets, re-measured every epoch; the loss is the
+    # weighted mean over each process's batch), so occluded or misaligned parts teach less
     agreement_weights: bool = False
     agreement_k: int = 20
 

@@ -1,7 +1,7 @@
 """The eval forward through ONNX Runtime: the same features (to 1e-6 measured, 1e-4 promised) at up to twice
 PyTorch's CPU speed for MobileNetV2, whose depthwise convolutions PyTorch runs slowly on CPU.
 
-Feature passes (clustering, evaluation, search) take `runtime`: `torch`, `onnxruntime`, or `auto` (ONNX
+Feature passes (clustering, evaluation; search stays in PyTorch) take `runtime`: `torch`, `onnxruntime`, or `auto` (ONNX
 Runtime for the architectures where it measured faster, when it is installed: `pip install '.[onnx]'`;
 PyTorch otherwise). The network is exported afresh for each pass (its weights change every epoch), with
 TorchScript-based export, which takes a few seconds against tens for the newer torch.export-based one.
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+from dsfnet.config import FEATURE_RUNTIMES as RUNTIMES
+
 FASTER_IN_ONNXRUNTIME = ("mobilenet_v2",)  # bench/bench_cpu.py: ResNet-18 at 64x32 is no faster there
 BRANCH_NAMES = ("global", "parts", "fused", "weights")
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ def export_onnx(network: nn.Module, path: str | Path, height: int, width: int, b
     `branches`: every branch of `embed` (outputs named as in `BRANCH_NAMES`); otherwise the one L2-normalised
     retrieval embedding (output `embedding`). Returns the output names. The network's mode is left as it was.
     """
-    names = ([n for n, present in zip(BRANCH_NAMES, (True, network.num_parts > 0, True, network.fuse_parts),
-                                      strict=True) if present] if branches else ["embedding"])
+    has_parts = network.num_parts > 0  # integration weights too: uniform ones without FINet's head (DDO alone)
+    names = ([n for n, present in zip(BRANCH_NAMES, (True, has_parts, True, has_parts), strict=True) if present]
+             if branches else ["embedding"])
     was_training = network.training  # before .eval() below, which switches the wrapped network too
     graph = (_Branches if branches else _Embedding)(network).eval()
     device = next(network.parameters()).device

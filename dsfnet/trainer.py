@@ -79,6 +79,8 @@ class EpochStats:
     agreement: float = float("nan")  # DDO: fused/part kNN agreement
     weight_global: float = float("nan")  # FINet: mean integration weight of the global branch
     weight_part: float = float("nan")  # FINet: mean integration weight of one part branch
+    part_agreement: float = float("nan")  # FINet agreement weights: mean over samples and parts
+    part_agreement_min: float = float("nan")  # ... of the part that agrees least with the global feature
     loss_main: float = float("nan")
     loss_global: float = float("nan")
     loss_parts: float = float("nan")
@@ -158,8 +160,10 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
             f"try a larger cluster.eps or a smaller cluster.min_samples")
     agreement = None
     if method.finet.enabled and method.finet.agreement_weights:
+        start = time.perf_counter()
         agreement = part_agreement(branches["global"], branches["parts"], method.finet.agreement_k)
-        extra.update({f"part_agreement_{p}": float(agreement[:, p].mean()) for p in range(agreement.shape[1])})
+        extra.update(part_agreement=float(agreement.mean()), part_agreement_min=float(agreement.mean(axis=0).min()))
+        pseudo.timings["knn_s"] += time.perf_counter() - start  # its neighbour searches
     proxies = None
     if method.scnet.enabled:
         start = time.perf_counter()

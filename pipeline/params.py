@@ -180,6 +180,8 @@ def params_from_dict(data: dict | None) -> Params:
         raise ParamsError(_explain(error)) from None
     try:
         params.dsfnet.check()  # the ranges of DSFNet's settings (dsfnet.finet.num_parts 2 or 3, ...)
+        params.model.check()
+        params.train.check()
     except ValueError as error:
         raise ParamsError(str(error)) from None
     return params

@@ -63,6 +63,21 @@ def _serving() -> bool:
     return os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true"
 
 
+def serving_runtime(runtime: str, arch: str, device: torch.device, onnx_file: str | None) -> str:
+    """What the server runs the network in: `onnxruntime` asked for runs on the CPU (even beside a GPU) and
+    needs the logged ONNX file; `auto` takes ONNX Runtime only where it is faster and the file exists."""
+    try:
+        chosen = resolve_runtime(runtime, arch, "cpu" if runtime == "onnxruntime" else device, "model config runtime")
+    except ValueError as error:
+        raise MlflowException(str(error)) from None
+    if chosen == "onnxruntime" and onnx_file is None:
+        if runtime == "onnxruntime":
+            raise MlflowException(f"model config runtime: onnxruntime, but this model was logged without {ONNX_FILE} "
+                                  "(log it again with the onnx extra installed)")
+        chosen = "torch"  # logged where the onnx extra was not installed
+    return chosen
+
+
 class ReIDEmbedder(mlflow.pyfunc.PythonModel):
     """Decodes with `dsfnet.features.decode_image` and embeds with `embed_images`: what search and evaluate do."""
 
@@ -77,13 +92,9 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         self.flip = bool(config["flip"])
         self.batch_size = int(config["batch_size"])
         self.limits = ImageLimits.from_config(config)
-        self.runtime = resolve_runtime(str(config["runtime"]), self.model.arch, self.device, "model config runtime")
-        self.onnx = None
-        if self.runtime == "onnxruntime":
-            if "onnx" not in context.artifacts:
-                raise MlflowException("model config runtime: onnxruntime, but this model was logged without "
-                                      f"{ONNX_FILE} (log it again with the onnx extra installed)")
-            self.onnx = OnnxNetwork.from_file(context.artifacts["onnx"])
+        self.runtime = serving_runtime(str(config["runtime"]), self.model.arch, self.device,
+                                       context.artifacts.get("onnx"))
+        self.onnx = OnnxNetwork.from_file(context.artifacts["onnx"]) if self.runtime == "onnxruntime" else None
         # the server calls predict from several threads at once: they decode concurrently and share forwards
         self.batcher = MicroBatcher(self._forward, max_batch=self.batch_size)
 
@@ -161,6 +172,7 @@ def log_reid_model(checkpoint: str | Path, flip: bool = True, registered_model_n
     """Log the checkpoint as a pyfunc model in the active run (and register it); returns the ModelInfo.
     `runtime`: what the server runs the network in (model config; see the module docstring)."""
     model, payload = load_checkpoint(checkpoint)
+    resolve_runtime(runtime, model.arch, "cpu", "runtime")  # a typo fails here, not when the model is served
     height, width = payload["input_size"]
     artifacts, metadata = {"checkpoint": str(checkpoint)}, {}
     with tempfile.TemporaryDirectory() as tmp:

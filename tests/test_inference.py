@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dsfnet import inference
-from dsfnet.config import DSFNetConfig, ModelConfig
+from dsfnet.config import DDOConfig, DSFNetConfig, FINetConfig, ModelConfig, SCNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_branches, extract_features
 from dsfnet.inference import OnnxNetwork, resolve_runtime
@@ -48,7 +48,11 @@ def test_bad_runtime_settings_name_the_parameter():
         resolve_runtime("onnxruntime", "resnet18", "cuda")
 
 
-@pytest.mark.parametrize("arch,method", [("mobilenet_v2", DSFNetConfig()), ("resnet18", None)])
+DDO_ALONE = DSFNetConfig(FINetConfig(enabled=False), SCNetConfig(enabled=False), DDOConfig(enabled=True))
+
+
+@pytest.mark.parametrize("arch,method", [("mobilenet_v2", DSFNetConfig()), ("resnet18", None),
+                                         ("resnet18", DDO_ALONE)])
 def test_every_branch_equals_pytorchs(data, arch, method):
     model = network(arch, method)
     got = {runtime: extract_branches(model, data.train, HEIGHT, WIDTH, batch_size=16, progress=False,
@@ -83,3 +87,12 @@ def test_export_leaves_a_training_network_training(data):
     with torch.no_grad():
         reference = model.eval()(images)
     np.testing.assert_allclose(onnx(images)["embedding"].numpy(), reference.numpy(), atol=1e-4)
+
+
+def test_params_name_a_bad_memory_format_or_runtime():
+    from pipeline.params import ParamsError, params_from_dict
+
+    with pytest.raises(ParamsError, match="model.memory_format must be one of"):
+        params_from_dict({"model": {"memory_format": "nhwc"}})
+    with pytest.raises(ParamsError, match="train.feature_runtime must be one of"):
+        params_from_dict({"train": {"feature_runtime": "trt"}})

@@ -80,7 +80,10 @@ def test_pseudo_labels_carry_the_agreement_only_when_asked():
     on = DSFNetConfig(FINetConfig(agreement_weights=True, agreement_k=5), SCNetConfig(enabled=False))
     clustered = pseudo_labels(branches, cluster, on, epoch=0, epochs=1)
     np.testing.assert_allclose(clustered.part_agreement, part_agreement(global_, branches["parts"], 5))
-    assert clustered.extra["part_agreement_0"] == pytest.approx(1.0) and clustered.extra["part_agreement_1"] < 0.5
+    expected = part_agreement(global_, branches["parts"], 5)
+    assert clustered.extra["part_agreement"] == pytest.approx(float(expected.mean()))
+    assert clustered.extra["part_agreement_min"] == pytest.approx(float(expected[:, 1].mean()))
+    assert expected[:, 1].mean() < 0.5 < expected[:, 0].mean()
     off = DSFNetConfig(FINetConfig(), SCNetConfig(enabled=False))
     assert pseudo_labels(branches, cluster, off, epoch=0, epochs=1).part_agreement is None
 
@@ -88,3 +91,20 @@ def test_pseudo_labels_carry_the_agreement_only_when_asked():
 def test_a_bad_agreement_k_names_the_setting():
     with pytest.raises(ValueError, match="dsfnet.finet.agreement_k"):
         FINetConfig(agreement_k=0).check()
+
+
+def test_training_with_agreement_weights_logs_them_every_epoch(tmp_path):
+    """End to end through `train`: the weights reach the part losses and the epoch statistics."""
+    from dsfnet.config import ModelConfig, TrainConfig
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+    from dsfnet.models import build_model
+    from dsfnet.trainer import train
+
+    data = generate_synthetic(tmp_path, SyntheticConfig(profile="tiny", height=64, width=32), progress=False)
+    method = DSFNetConfig(FINetConfig(agreement_weights=True, agreement_k=5), SCNetConfig(split=False))
+    config = TrainConfig(epochs=2, iters=2, batch_size=16, height=64, width=32, device="cpu")
+    result = train(build_model(ModelConfig(), method, seed=0), data.train, config,
+                   ClusterConfig(k1=6, k2=3, eps=0.7, min_samples=2, camera_norm=False), method, progress=False)
+    assert len(result.history) == 2
+    for stats in result.history:
+        assert 0 < stats.part_agreement_min <= stats.part_agreement <= 1 and stats.loss_parts > 0

@@ -126,15 +126,15 @@ def test_variants_of_a_profile_switch_parts_and_keep_the_profiles_part_settings(
 
 def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
     out = tmp_path / "speedup.json"
-    command = [sys.executable, "bench/bench_speedup.py", "--profile", "cpu-default", "--synthetic", "tiny",
-               "--epochs", "1", "--iters", "2", "--seeds", "1", "--out", str(out)]
+    command = [sys.executable, "bench/bench_speedup.py", "--profile", "cpu-default", "--arch", "mobilenet_v2",
+               "--synthetic", "tiny", "--epochs", "1", "--iters", "2", "--seeds", "1", "--out", str(out)]
     first = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     rows = json.loads(out.read_text())
-    assert [(r["path"], r["memory_format"], r["feature_runtime"]) for r in rows] == [
-        ("old", "contiguous", "torch"), ("new", "auto", "auto")]
+    assert [(r["path"], r["arch"], r["channels_last"], r["runtime"]) for r in rows] == [
+        ("old", "mobilenet_v2", False, "torch"), ("new", "mobilenet_v2", True, "onnxruntime")]
     for row in rows:
         assert row["minutes"] > 0 and row["eval_minutes"] > 0 and 0 <= row["mAP"] <= 100
         assert len(row["extract_s_per_epoch"]) == len(row["train_s_per_epoch"]) == 1
-    assert "seed 1 old:" in first.stdout and "new / old training time:" in first.stdout
+    assert "seed 1 old (channels-last False, torch):" in first.stdout and "new / old training time:" in first.stdout
     again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert "seed 1" not in again.stdout and len(json.loads(out.read_text())) == 2  # finished rows are skipped

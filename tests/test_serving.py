@@ -252,3 +252,19 @@ def test_a_20_mb_image_is_refused_and_the_server_stays_up(server, registry):
     _, _, records = registry
     ok = invoke(server, images_body([encode_image(records[0].path)]))
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+
+
+def test_the_runtime_falls_back_to_pytorch_for_a_model_logged_without_its_onnx_file():
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.serving import serving_runtime
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert serving_runtime("auto", "mobilenet_v2", cpu, "embedding.onnx") == "onnxruntime"
+    assert serving_runtime("auto", "mobilenet_v2", cpu, None) == "torch"  # logged without the onnx extra
+    assert serving_runtime("auto", "mobilenet_v2", cuda, "embedding.onnx") == "torch"
+    assert serving_runtime("onnxruntime", "resnet18", cuda, "embedding.onnx") == "onnxruntime"  # on the CPU
+    with pytest.raises(MlflowException, match="logged without embedding.onnx"):
+        serving_runtime("onnxruntime", "mobilenet_v2", cpu, None)
+    with pytest.raises(MlflowException, match="model config runtime must be one of"):
+        serving_runtime("tensorrt", "resnet18", cpu, "embedding.onnx")

@@ -22,13 +22,11 @@ from dsfnet.models.pretrained import load_pretrained, resolve_pretrained
 ARCHS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50,
          "mobilenet_v2": torchvision.models.mobilenet_v2}
 CHANNELS_LAST_ARCHS = ("mobilenet_v2", "resnet50")  # measured faster channels-last on CPU (bench/bench_cpu.py)
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def uses_channels_last(config: ModelConfig) -> bool:
     """Whether the trunk runs channels-last: a speed choice only; features agree to float rounding."""
-    if config.memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"model.memory_format must be one of {list(MEMORY_FORMATS)}, got {config.memory_format!r}")
+    config.check()
     if config.memory_format == "auto":
         return config.arch in CHANNELS_LAST_ARCHS
     return config.memory_format == "channels_last"
