@@ -6,8 +6,9 @@ For each profile (its network, input size, batch and DSFNet parts; random weight
 depend on them) on the synthetic default set, in one process:
 
 - the epoch's phases as the trainer runs them: the feature pass (`extract_branches` over the train set from the
-  decoded-image cache, img/s), a train step (`train_step` on the epoch's P×K loader: augmentation, every branch,
-  every loss, memory updates, backward, Adam; img/s) and kNN + Jaccard + DBSCAN (+ SCNet) seconds;
+  decoded-image cache in the trainer's `train.feature_runtime`, export included, img/s), a train step
+  (`train_step` on the epoch's P×K loader: augmentation, every branch, every loss, memory updates, backward,
+  Adam; img/s) and kNN + Jaccard + DBSCAN (+ SCNet) seconds;
 - floors for the same network and batch: the eval forward under `torch.inference_mode` (eager, channels-last,
   `torch.compile` unless --no-compile, ONNX Runtime when installed), each checked against the eager features
   (max |difference| after L2 normalisation; ≤ 1e-4 passes), and the bare forward + backward + Adam step of the
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_branches
+from dsfnet.inference import resolve_runtime
 from dsfnet.models import build_model
 from dsfnet.objective import DSFNetObjective
 from dsfnet.runtime import keep_freed_memory
@@ -119,7 +121,7 @@ def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iter
     return median_seconds(step, iters)
 
 
-def measure(name: str, data, iters: int, compile_: bool) -> dict:
+def measure(name: str, data, iters: int, compile_: bool, pass_images: int) -> dict:
     params = profile_params(name)
     params.model = replace(params.model, pretrained=None)  # speed does not depend on the weights
     config, method = params.train, params.dsfnet
@@ -127,8 +129,10 @@ def measure(name: str, data, iters: int, compile_: bool) -> dict:
     model = build_model(params.model, method)
     records = data.train
     cache: dict = {}
-    extract = lambda: extract_branches(model, records, config.height, config.width,  # noqa: E731
-                                       config.feature_batch_size, progress=False, cache=cache)
+    passed = (records * (pass_images // len(records) + 1))[:pass_images]  # a Market-size pass over these images
+    extract = lambda: extract_branches(model, passed, config.height, config.width,  # noqa: E731
+                                       config.feature_batch_size, progress=False, cache=cache,
+                                       runtime=config.feature_runtime)
     branches = extract()  # fills the cache, as the first epoch does
     feature_s = median_seconds(extract, max(1, iters // 3), warmup=0)
     camids = np.array([r.camid for r in records])
@@ -157,8 +161,10 @@ def measure(name: str, data, iters: int, compile_: bool) -> dict:
     test_batch = torch.randn(config.feature_batch_size, 3, config.height, config.width)
     floors = forward_floors(model, test_batch, iters, compile_)
     return {"profile": name, "arch": params.model.arch, "size": f"{config.height}x{config.width}",
-            "batch": config.batch_size, "images": len(records), "feature_img_s": len(records) / feature_s,
+            "batch": config.batch_size, "images": len(records), "pass_images": pass_images,
+            "feature_img_s": pass_images / feature_s,
             "trainer_format": "channels-last" if trainer_format else "contiguous",
+            "trainer_runtime": resolve_runtime(config.feature_runtime, params.model.arch, images=pass_images),
             "train_img_s": config.batch_size / step_s, "bare_train_img_s": bare[best_bare],
             "bare_floor": best_bare, "bare_by_format": bare,
             "cluster_s": cluster_s, **{f"{k}": v for k, v in clustered.timings.items()}, "floors": floors}
@@ -168,8 +174,10 @@ def report(row: dict) -> str:
     floors = row["floors"]
     passing = {k: v for k, v in floors.items() if "img_s" in v and v["max_diff"] <= TOLERANCE}
     best = max(passing, key=lambda k: passing[k]["img_s"])
-    lines = [f"{row['profile']}: {row['arch']} {row['size']}, train batch {row['batch']}, {row['images']} images, "
-             f"trainer runs {row['trainer_format']}",
+    lines = [f"{row['profile']}: {row['arch']} {row['size']}, train batch {row['batch']}, {row['images']} images "
+             f"(feature pass over {row['pass_images']}), "
+             f"trainer runs {row['trainer_format']}, feature passes in {row['trainer_runtime']} "
+             f"(exported afresh each pass, as every epoch)",
              f"  {'phase':<34} {'trainer':>10} {'floor':>10} {'ratio':>6}",
              f"  {'feature pass (img/s)':<34} {row['feature_img_s']:>10.0f} {passing[best]['img_s']:>10.0f} "
              f"{passing[best]['img_s'] / row['feature_img_s']:>6.2f}  (floor: {best})",
@@ -195,6 +203,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile floor")
     parser.add_argument("--synthetic", default="default", help="synthetic profile of the images (tiny for a check)")
+    parser.add_argument("--pass-images", type=int, default=9914,
+                        help="images in the measured feature pass (the train images repeated; default: the Market "
+                             "validation split's train set)")
     args = parser.parse_args()
     applied = keep_freed_memory()
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__},"
@@ -203,7 +214,7 @@ def main() -> None:
         data = generate_synthetic(root, SyntheticConfig(profile=args.synthetic, height=128, width=64),
                                   progress=False)
         for name in args.profiles:
-            print(report(measure(name, data, args.iters, args.compile)), flush=True)
+            print(report(measure(name, data, args.iters, args.compile, args.pass_images)), flush=True)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def main() -> None:
                 row = run_one(data, "full", seed, path_config, params.cluster, model_config=model_config,
                               settings=params.dsfnet)
                 ran = {"channels_last": uses_channels_last(model_config),  # what `auto` resolved to here
-                       "runtime": resolve_runtime(path_config.feature_runtime, model_config.arch)}
+                       "runtime": resolve_runtime(path_config.feature_runtime, model_config.arch,
+                                                  images=len(data.train))}
                 rows.append({**row, "dataset": dataset, "profile": args.profile, "arch": model_config.arch,
                              "epochs": config.epochs, "iters": config.iters, "path": path, **PATHS[path], **ran})
                 args.out.parent.mkdir(parents=True, exist_ok=True)

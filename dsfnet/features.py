@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 _announced: set[tuple[str, str]] = set()
 
 
-def chosen_runtime(model: torch.nn.Module, runtime: str, device) -> str:
-    """`dsfnet.inference.resolve_runtime` for this network, logged the first time each choice is made."""
+def chosen_runtime(model: torch.nn.Module, runtime: str, device, images: int) -> str:
+    """`dsfnet.inference.resolve_runtime` for this network and pass, logged the first time each choice is made."""
     network = model.module if hasattr(model, "module") else model  # DDP wraps the network
-    chosen = resolve_runtime(runtime, getattr(network, "arch", ""), device)
+    chosen = resolve_runtime(runtime, getattr(network, "arch", ""), device, images=images)
     if (runtime, chosen) not in _announced:
         _announced.add((runtime, chosen))
         log.info("feature passes run in %s (train.feature_runtime: %s)", chosen, runtime)
@@ -97,7 +97,7 @@ def extract_features(
 ) -> np.ndarray:
     """`embed_images` of `records` (N, D), in record order; `runtime`: see dsfnet/inference.py."""
     embed = lambda images: embed_images(model, images, flip)  # noqa: E731
-    if chosen_runtime(model, runtime, device) == "onnxruntime":
+    if chosen_runtime(model, runtime, device, len(records)) == "onnxruntime":
         onnx = OnnxNetwork(model, height, width)
         embed = lambda images: embed_images_onnx(onnx, images, flip)  # noqa: E731
     chunks = [embed(images)
@@ -124,7 +124,7 @@ def extract_branches(
     `_eval_batches`; `runtime`: see dsfnet/inference.py."""
     chunks: dict[str, list[torch.Tensor]] = {"global": [], "parts": [], "fused": [], "weights": []}
     network = model.module if hasattr(model, "module") else model  # DDP wraps the network
-    if chosen_runtime(model, runtime, device) == "onnxruntime":
+    if chosen_runtime(model, runtime, device, len(records)) == "onnxruntime":
         onnx = OnnxNetwork(network, height, width, branches=True)
 
         def embed(images: torch.Tensor) -> list[torch.Tensor | None]:

@@ -1,10 +1,11 @@
 """The eval forward through ONNX Runtime: the same features (to 1e-6 measured, 1e-4 promised) at up to twice
 PyTorch's CPU speed for MobileNetV2, whose depthwise convolutions PyTorch runs slowly on CPU.
 
-Feature passes (clustering, evaluation; search stays in PyTorch) take `runtime`: `torch`, `onnxruntime`, or `auto` (ONNX
-Runtime for the architectures where it measured faster, when it is installed: `pip install '.[onnx]'`;
-PyTorch otherwise). The network is exported afresh for each pass (its weights change every epoch), with
-TorchScript-based export, which takes a few seconds against tens for the newer torch.export-based one.
+Feature passes (clustering, evaluation; search stays in PyTorch) take `runtime`: `torch`, `onnxruntime`, or
+`auto`: ONNX Runtime for the architectures where it measured faster, on the CPU, for passes of at least
+`MIN_IMAGES_FOR_ONNXRUNTIME` images, when it is installed (`pip install '.[onnx]'`); PyTorch otherwise. The
+network is exported afresh for each pass (its weights change every epoch), with TorchScript-based export,
+which takes a few seconds against tens for the newer torch.export-based one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from torch import nn
 from dsfnet.config import FEATURE_RUNTIMES as RUNTIMES
 
 FASTER_IN_ONNXRUNTIME = ("mobilenet_v2",)  # bench/bench_cpu.py: ResNet-18 at 64x32 is no faster there
+# each pass exports the network afresh (2-4 s on 2 cores): below this many images that costs more than it saves
+MIN_IMAGES_FOR_ONNXRUNTIME = 2048
 BRANCH_NAMES = ("global", "parts", "fused", "weights")
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,9 @@ def onnxruntime_installed() -> bool:
 
 
 def resolve_runtime(runtime: str, arch: str, device: torch.device | str = "cpu",
-                    setting: str = "train.feature_runtime") -> str:
-    """`torch` or `onnxruntime`: what a feature pass of an `arch` network on `device` runs; errors name `setting`."""
+                    setting: str = "train.feature_runtime", images: int | None = None) -> str:
+    """`torch` or `onnxruntime`: what a feature pass of an `arch` network on `device` over `images` images
+    (None: a server's stream of batches) runs; errors name `setting`."""
     if runtime not in RUNTIMES:
         raise ValueError(f"{setting} must be one of {list(RUNTIMES)}, got {runtime!r}")
     on_cpu = torch.device(device).type == "cpu"
@@ -42,7 +46,8 @@ def resolve_runtime(runtime: str, arch: str, device: torch.device | str = "cpu",
         if not onnxruntime_installed():
             raise ValueError(f"{setting}: onnxruntime needs `pip install '.[onnx]'` (onnx, onnxruntime)")
         return "onnxruntime"
-    if runtime == "auto" and on_cpu and arch in FASTER_IN_ONNXRUNTIME and onnxruntime_installed():
+    worth_exporting = images is None or images >= MIN_IMAGES_FOR_ONNXRUNTIME
+    if runtime == "auto" and on_cpu and arch in FASTER_IN_ONNXRUNTIME and worth_exporting and onnxruntime_installed():
         return "onnxruntime"
     return "torch"
 

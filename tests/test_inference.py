@@ -35,6 +35,9 @@ def test_auto_picks_onnxruntime_where_it_measured_faster(monkeypatch):
     assert resolve_runtime("auto", "mobilenet_v2", "cuda") == "torch"
     assert resolve_runtime("torch", "mobilenet_v2") == "torch"
     assert resolve_runtime("onnxruntime", "resnet18") == "onnxruntime"
+    assert resolve_runtime("auto", "mobilenet_v2", images=2048) == "onnxruntime"
+    assert resolve_runtime("auto", "mobilenet_v2", images=2047) == "torch"  # the export would cost more
+    assert resolve_runtime("onnxruntime", "mobilenet_v2", images=10) == "onnxruntime"
     monkeypatch.setattr(inference, "onnxruntime_installed", lambda: False)
     assert resolve_runtime("auto", "mobilenet_v2") == "torch"  # without the extra: PyTorch, no error
     with pytest.raises(ValueError, match=r"pip install '\.\[onnx\]'"):
@@ -96,3 +99,20 @@ def test_params_name_a_bad_memory_format_or_runtime():
         params_from_dict({"model": {"memory_format": "nhwc"}})
     with pytest.raises(ParamsError, match="train.feature_runtime must be one of"):
         params_from_dict({"train": {"feature_runtime": "trt"}})
+
+
+def test_training_clusters_on_onnxruntime_features_and_keeps_training_the_network(data):
+    """`train.feature_runtime: onnxruntime` through `train`: every epoch's pass exports the current weights."""
+    from dsfnet.cluster import ClusterConfig
+    from dsfnet.config import TrainConfig
+    from dsfnet.trainer import train
+
+    method = DSFNetConfig(FINetConfig(), SCNetConfig(split=False))
+    config = TrainConfig(epochs=2, iters=2, batch_size=16, height=HEIGHT, width=WIDTH, device="cpu",
+                         feature_runtime="onnxruntime")
+    model = build_model(ModelConfig(arch="mobilenet_v2"), method, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train(model, data.train, config, ClusterConfig(k1=6, k2=3, eps=0.7, min_samples=2, camera_norm=False),
+                   method, progress=False)
+    assert len(result.history) == 2 and all(h.num_clusters > 0 and h.extract_s > 0 for h in result.history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # it trained
