@@ -133,7 +133,8 @@ def measure(name: str, data, iters: int, compile_: bool, pass_images: int) -> di
     extract = lambda: extract_branches(model, passed, config.height, config.width,  # noqa: E731
                                        config.feature_batch_size, progress=False, cache=cache,
                                        runtime=config.feature_runtime)
-    branches = extract()  # fills the cache, as the first epoch does
+    branches = extract_branches(model, records, config.height, config.width, config.feature_batch_size,
+                                progress=False, cache=cache, runtime=config.feature_runtime)  # fills the cache
     feature_s = median_seconds(extract, max(1, iters // 3), warmup=0)
     camids = np.array([r.camid for r in records])
     start = time.perf_counter()
