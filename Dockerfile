@@ -31,7 +31,7 @@ COPY dsfnet ./dsfnet
 COPY pipeline ./pipeline
 # faiss-gpu and faiss-cpu both provide `faiss`: install the project, then swap in the GPU build
 RUN pip install 'pip==25.3' \
-    && pip install '.[onnx]' \
+    && pip install './[onnx]' \
     && pip uninstall -y faiss-cpu \
     && pip install 'faiss-gpu==1.15.1'
 
