@@ -177,8 +177,8 @@ def report(row: dict) -> str:
     best = max(passing, key=lambda k: passing[k]["img_s"])
     lines = [f"{row['profile']}: {row['arch']} {row['size']}, train batch {row['batch']}, {row['images']} images "
              f"(feature pass over {row['pass_images']}), "
-             f"trainer runs {row['trainer_format']}, feature passes in {row['trainer_runtime']} "
-             f"(exported afresh each pass, as every epoch)",
+             f"trainer runs {row['trainer_format']}, feature passes in {row['trainer_runtime']}"
+             + (" (exported afresh each pass, as every epoch)" if row["trainer_runtime"] == "onnxruntime" else ""),
              f"  {'phase':<34} {'trainer':>10} {'floor':>10} {'ratio':>6}",
              f"  {'feature pass (img/s)':<34} {row['feature_img_s']:>10.0f} {passing[best]['img_s']:>10.0f} "
              f"{passing[best]['img_s'] / row['feature_img_s']:>6.2f}  (floor: {best})",
