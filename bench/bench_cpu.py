@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_branches
-from dsfnet.inference import resolve_runtime
+from dsfnet.inference import OnnxNetwork, onnxruntime_installed, resolve_runtime
 from dsfnet.models import build_model
 from dsfnet.objective import DSFNetObjective
 from dsfnet.runtime import keep_freed_memory
@@ -73,36 +73,23 @@ def forward_floors(model: torch.nn.Module, images: torch.Tensor, iters: int, com
         floors[name] = {"img_s": len(images) / seconds, "max_diff": float((got - reference).abs().max())}
 
     trainer_format = model.channels_last
-    set_channels_last(model, False)
+    model.set_channels_last(False)
     record("eager", lambda: model(images))
-    set_channels_last(model, True)
+    model.set_channels_last(True)
     record("channels-last", lambda: model(images))
-    set_channels_last(model, False)
+    model.set_channels_last(False)
     if compile_:
         compiled = torch.compile(model)
         start = time.perf_counter()
         record("torch.compile", lambda: compiled(images))
         floors["torch.compile"]["compile_s"] = time.perf_counter() - start
-    try:
-        import onnxruntime
-    except ImportError:
-        floors["onnxruntime"] = {"error": "not installed"}
+    if onnxruntime_installed():
+        onnx = OnnxNetwork.export(model, *images.shape[2:])  # what the trainer's feature passes run
+        record("onnxruntime", lambda: onnx(images)["embedding"])
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = f"{tmp}/model.onnx"
-            torch.onnx.export(model, (images,), path, input_names=["images"], output_names=["features"],
-                              dynamic_axes={"images": {0: "batch"}}, dynamo=False)
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            array = images.numpy()
-            record("onnxruntime", lambda: torch.from_numpy(session.run(None, {"images": array})[0]))
-    set_channels_last(model, trainer_format)
+        floors["onnxruntime"] = {"error": "not installed (pip install '.[onnx]')"}
+    model.set_channels_last(trainer_format)
     return floors
-
-
-def set_channels_last(model: torch.nn.Module, on: bool) -> None:
-    """Switch the network's trunk (and the input it makes) between channels-last and contiguous."""
-    model.channels_last = on
-    model.trunk.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
 
 def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iters: int) -> float:
@@ -154,10 +141,10 @@ def measure(name: str, data, iters: int, compile_: bool, pass_images: int) -> di
     trainer_format = model.channels_last
     bare = {}
     for on in (False, True):
-        set_channels_last(model, on)
+        model.set_channels_last(on)
         bare["channels-last" if on else "contiguous"] = config.batch_size / bare_step_seconds(model, images, config,
                                                                                              iters)
-    set_channels_last(model, trainer_format)
+    model.set_channels_last(trainer_format)
     best_bare = max(bare, key=bare.get)
     test_batch = torch.randn(config.feature_batch_size, 3, config.height, config.width)
     floors = forward_floors(model, test_batch, iters, compile_)

@@ -95,7 +95,7 @@ def bare_images_per_s(model: torch.nn.Module, batch: torch.Tensor, runtime: str,
     """What the server's own forward (`embed_images`, flip on, in `runtime`) does without HTTP, decoding or
     batching."""
     if resolve_runtime(runtime, model.arch) == "onnxruntime":
-        onnx = OnnxNetwork(model, *batch.shape[2:])
+        onnx = OnnxNetwork.export(model, *batch.shape[2:])
         forward = lambda: embed_images_onnx(onnx, batch, flip=True)  # noqa: E731
     else:
         forward = lambda: embed_images(model, batch, flip=True)  # noqa: E731

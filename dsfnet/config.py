@@ -56,17 +56,17 @@ class TrainConfig:
     # measured faster: mobilenet_v2 on CPU, passes of 2,048+ images, when installed: pip install '.[onnx]';
     # dsfnet/inference.py)
     feature_runtime: str = "auto"
-
-    def check(self) -> None:
-        if self.feature_runtime not in FEATURE_RUNTIMES:
-            raise ValueError(f"train.feature_runtime must be one of {list(FEATURE_RUNTIMES)}, "
-                             f"got {self.feature_runtime!r}")
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA; CPU runs stay float32
     gpus: int = 1  # processes for the train stage: > 1 starts it under torchrun (DDP, one per GPU)
     cache_images: bool = True  # keep every train image decoded and resized (H×W×3 bytes each), shared with workers
     bn_group: int = 0  # BatchNorm normalises groups of this many consecutive images (per-GPU BN); 0: whole batch
+
+    def check(self) -> None:
+        if self.feature_runtime not in FEATURE_RUNTIMES:
+            raise ValueError(f"train.feature_runtime must be one of {list(FEATURE_RUNTIMES)}, "
+                             f"got {self.feature_runtime!r}")
 
 
 @dataclass

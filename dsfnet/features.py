@@ -98,7 +98,7 @@ def extract_features(
     """`embed_images` of `records` (N, D), in record order; `runtime`: see dsfnet/inference.py."""
     embed = lambda images: embed_images(model, images, flip)  # noqa: E731
     if chosen_runtime(model, runtime, device, len(records)) == "onnxruntime":
-        onnx = OnnxNetwork(model, height, width)
+        onnx = OnnxNetwork.export(model, height, width)
         embed = lambda images: embed_images_onnx(onnx, images, flip)  # noqa: E731
     chunks = [embed(images)
               for images in _eval_batches(model, records, height, width, batch_size, workers, device, desc, progress)]
@@ -125,7 +125,7 @@ def extract_branches(
     chunks: dict[str, list[torch.Tensor]] = {"global": [], "parts": [], "fused": [], "weights": []}
     network = model.module if hasattr(model, "module") else model  # DDP wraps the network
     if chosen_runtime(model, runtime, device, len(records)) == "onnxruntime":
-        onnx = OnnxNetwork(network, height, width, branches=True)
+        onnx = OnnxNetwork.export(network, height, width, branches=True)
 
         def embed(images: torch.Tensor) -> list[torch.Tensor | None]:
             out = onnx(images)

@@ -11,7 +11,6 @@ which takes a few seconds against tens for the newer torch.export-based one.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,7 +25,6 @@ FASTER_IN_ONNXRUNTIME = ("mobilenet_v2",)  # bench/bench_cpu.py: ResNet-18 at 64
 # each pass exports the network afresh (2-4 s on 2 cores): below this many images that costs more than it saves
 MIN_IMAGES_FOR_ONNXRUNTIME = 2048
 BRANCH_NAMES = ("global", "parts", "fused", "weights")
-log = logging.getLogger(__name__)
 
 
 def onnxruntime_installed() -> bool:
@@ -99,23 +97,19 @@ def export_onnx(network: nn.Module, path: str | Path, height: int, width: int, b
 
 
 class OnnxNetwork:
-    """An exported snapshot of a network (or an ONNX file from `export_onnx`), run by ONNX Runtime on the CPU
-    with PyTorch's thread count; called on a batch, returns {output name: tensor}."""
+    """An ONNX file from `export_onnx`, run by ONNX Runtime on the CPU with PyTorch's thread count; called on a
+    batch, returns {output name: tensor}. `OnnxNetwork.export(network, ...)`: a snapshot of a network."""
 
-    def __init__(self, network: nn.Module | None, height: int = 0, width: int = 0, branches: bool = False,
-                 path: str | Path | None = None):
-        if path is not None:
-            self.session = _session(path)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                exported = Path(tmp) / "network.onnx"
-                export_onnx(network, exported, height, width, branches)
-                self.session = _session(exported)
+    def __init__(self, path: str | Path):
+        self.session = _session(path)
         self.names = [output.name for output in self.session.get_outputs()]
 
     @classmethod
-    def from_file(cls, path: str | Path) -> OnnxNetwork:
-        return cls(None, path=path)
+    def export(cls, network: nn.Module, height: int, width: int, branches: bool = False) -> OnnxNetwork:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "network.onnx"
+            export_onnx(network, path, height, width, branches)
+            return cls(path)  # the session holds the graph: the file may go
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = self.session.run(self.names, {"images": np.ascontiguousarray(images.cpu().numpy())})

@@ -94,7 +94,7 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         self.limits = ImageLimits.from_config(config)
         self.runtime = serving_runtime(str(config["runtime"]), self.model.arch, self.device,
                                        context.artifacts.get("onnx"))
-        self.onnx = OnnxNetwork.from_file(context.artifacts["onnx"]) if self.runtime == "onnxruntime" else None
+        self.onnx = OnnxNetwork(context.artifacts["onnx"]) if self.runtime == "onnxruntime" else None
         # the server calls predict from several threads at once: they decode concurrently and share forwards
         self.batcher = MicroBatcher(self._forward, max_batch=self.batch_size)
 

@@ -82,7 +82,7 @@ def test_retrieval_embeddings_equal_pytorchs(data, flip):
 def test_export_leaves_a_training_network_training(data):
     """Exporting runs the network in eval mode; the trainer's network must come back in train mode."""
     model = network("resnet18", None).train()
-    onnx = OnnxNetwork(model, HEIGHT, WIDTH)
+    onnx = OnnxNetwork.export(model, HEIGHT, WIDTH)
     assert model.training and all(m.training for m in model.modules())
     extract_branches(model, data.train[:4], HEIGHT, WIDTH, progress=False, runtime="onnxruntime")  # as each epoch
     assert model.training and all(m.training for m in model.modules())

@@ -115,9 +115,12 @@ class ReIDNet(nn.Module):
         self.neck = bn_neck(self.feature_dim)
         self.part_necks = nn.ModuleList(bn_neck(self.feature_dim) for _ in range(num_parts))
         self.integration = IntegrationHead(self.feature_dim, num_parts + 1) if fuse_parts else None
-        self.channels_last = uses_channels_last(config)
-        if self.channels_last:
-            self.trunk.to(memory_format=torch.channels_last)
+        self.set_channels_last(uses_channels_last(config))
+
+    def set_channels_last(self, on: bool) -> None:
+        """Run the trunk (and convert its input) channels-last or contiguous: speed only, same features."""
+        self.channels_last = on
+        self.trunk.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
     @property
     def embedding_dim(self) -> int:
