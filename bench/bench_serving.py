@@ -2,19 +2,22 @@
 
     python bench/bench_serving.py [--requests 1000] [--concurrency 8] [--batch 8] [--malformed 0.1]
                                   [--checkpoint models/model.pt] [--workers 1] [--runtime auto|torch|onnxruntime]
-                                  [--arch resnet18 --size 64x32]
+                                  [--arch resnet18 --size 64x32] [--output floats|base64]
 
 Logs the checkpoint (default: models/model.pt when it exists, else a random-init DSFNet network at 64×32)
 as the pipeline's pyfunc model into a temporary sqlite registry, serves it on 127.0.0.1, sends the requests
 (each `--batch` real synthetic crops; a `--malformed` share are broken in turn: not JSON, no image
 column, not an image, an empty batch) and prints requests/s, images/s, p50/p99 latency and the 2xx/4xx/5xx
 counts (5xx must stay 0), then the bare forward the server runs (`dsfnet.features.embed_images`, flip on)
-on the same batch in this process, and the ratio served/bare (goal ≥ 0.8).
+on the same batch in this process, and the ratio served/bare (goal ≥ 0.8). `--output base64` asks for the
+embeddings as base64 float32 rows (request params) instead of JSON numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import os
 import signal
@@ -108,15 +111,31 @@ def bare_images_per_s(model: torch.nn.Module, batch: torch.Tensor, runtime: str,
     return runs * len(batch) / (time.perf_counter() - start)
 
 
+def encoding_ms(embeddings: np.ndarray, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds MLflow's scoring server spends writing one response of these embeddings, per output form."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    forms = {"floats": embeddings,
+             "base64": np.array([base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
+                                 for row in embeddings], dtype=object)}
+    timings = {}
+    for name, predictions in forms.items():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            predictions_to_json(predictions, io.StringIO())
+        timings[name] = (time.perf_counter() - start) / repeats * 1000
+    return timings
+
+
 def report(args: argparse.Namespace, results: list[tuple[int, float, str]], good: str, wall: float,
-           bare: float) -> None:
+           bare: float, encoding: dict[str, float]) -> None:
     codes = np.array([code for code, _, _ in results])
     latency = np.array([seconds for _, seconds, _ in results]) * 1000
     good_latency = np.array([seconds for _, seconds, body in results if body is good]) * 1000
     images_per_s = sum(1 for code, _, body in results if body is good and code == 200) * args.batch / wall
     print(f"{args.requests} requests, concurrency {args.concurrency}, {args.batch} images each, "
           f"{args.malformed:.0%} malformed, server workers {args.workers}, torch threads {torch.get_num_threads()}, "
-          f"model {args.described}, runtime {args.runtime} ({args.resolved})")
+          f"model {args.described}, runtime {args.runtime} ({args.resolved}), output {args.output}")
     print(f"wall {wall:.1f} s: {args.requests / wall:.1f} requests/s, {images_per_s:.1f} images/s served")
     print(f"latency all: p50 {np.percentile(latency, 50):.0f} ms, p99 {np.percentile(latency, 99):.0f} ms; "
           f"well-formed: p50 {np.percentile(good_latency, 50):.0f} ms, p99 {np.percentile(good_latency, 99):.0f} ms")
@@ -124,6 +143,8 @@ def report(args: argparse.Namespace, results: list[tuple[int, float, str]], good
     print(f"status: 2xx {ok}, 4xx {client_errors}, 5xx {int((codes >= 500).sum())}")
     print(f"bare forward (flip-averaged, batch {args.batch}): {bare:.1f} images/s; served/bare = "
           f"{images_per_s / bare:.2f} (goal >= 0.8)")
+    print(f"MLflow's JSON encoding of one response ({args.batch} embeddings of {args.embedding_dim} floats): "
+          + ", ".join(f"output {name} {ms:.1f} ms" for name, ms in encoding.items()))
     if (codes >= 500).any():
         raise SystemExit("5xx responses: the server failed on some requests")
 
@@ -140,6 +161,8 @@ def main() -> None:
     parser.add_argument("--size", default="64x32", help="HEIGHTxWIDTH of the random-init model")
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="the served model's runtime (model config)")
+    parser.add_argument("--output", default="floats", choices=["floats", "base64"],
+                        help="the embeddings as JSON numbers or as base64 float32 rows (request params)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -160,7 +183,8 @@ def main() -> None:
                                                     progress=False).query[: args.batch]]
         transform = build_test_transform(*payload["input_size"])
         batch = torch.stack([decode_image(Path(path).read_bytes(), transform) for path in paths])
-        good = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encode_image(p)] for p in paths]}})
+        good = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encode_image(p)] for p in paths]},
+                           **({"params": {"output": "base64"}} if args.output == "base64" else {})})
         rng = np.random.default_rng(0)
         bodies = [MALFORMED[i % len(MALFORMED)][1] if rng.random() < args.malformed else good
                   for i in range(args.requests)]
@@ -177,7 +201,10 @@ def main() -> None:
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
-    report(args, results, good, wall, bare_images_per_s(model, batch, args.runtime))
+    with torch.inference_mode():
+        embeddings = embed_images(model.eval(), batch, flip=True).numpy()
+    args.embedding_dim = embeddings.shape[1]
+    report(args, results, good, wall, bare_images_per_s(model, batch, args.runtime), encoding_ms(embeddings))
 
 
 if __name__ == "__main__":

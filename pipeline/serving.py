@@ -3,7 +3,10 @@
 Request body for `mlflow models serve`:
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 JPEG/PNG>"], ...]}}
 Response: {"predictions": [[e_1, ..., e_D], ...]}, one unit-norm row per image; D is in the model's
-metadata (`embedding_dim`). For local batch use (`mlflow.pyfunc.load_model(...).predict`) a `path`
+metadata (`embedding_dim`). With `"params": {"output": "base64"}` in the request each row is instead a base64
+string of the D little-endian float32 values (`decode_embeddings` reads either form): the same numbers, but
+MLflow's JSON encoder writes a float ~80× slower than a base64 byte, which made the float list the server's
+bottleneck (bench/bench_serving.py --output). For local batch use (`mlflow.pyfunc.load_model(...).predict`) a `path`
 column of image files works too; a server refuses it (it would read files on the server's disk).
 The registered model also carries the embedding network as ONNX (`artifacts/embedding.onnx`, when the
 `onnx` extra is installed), for deployments without PyTorch; its metadata says what goes in and out. With
@@ -30,7 +33,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from PIL import Image
 
 from dsfnet.checkpoint import load_checkpoint
@@ -46,6 +49,7 @@ PATH_COLUMN = "path"
 DEFAULTS = {"flip": True, "batch_size": 64, "max_image_mb": ImageLimits.max_mb,
             "max_pixels": ImageLimits.max_pixels, "runtime": "auto"}
 ONNX_FILE = "embedding.onnx"
+OUTPUTS = ("floats", "base64")  # request param `output`: JSON numbers, or each row's float32 bytes in base64
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CODE = Path(__file__).with_name("serving_model.py")  # what MLflow runs to build the model
 
@@ -53,6 +57,14 @@ MODEL_CODE = Path(__file__).with_name("serving_model.py")  # what MLflow runs to
 def encode_image(path_or_bytes) -> str:
     data = path_or_bytes if isinstance(path_or_bytes, bytes) else open(path_or_bytes, "rb").read()
     return base64.b64encode(data).decode("ascii")
+
+
+def decode_embeddings(predictions) -> np.ndarray:
+    """The (N, D) float32 embeddings of a response's "predictions", in either `output` form."""
+    rows = list(predictions)
+    if rows and isinstance(rows[0], str):
+        return np.stack([np.frombuffer(base64.b64decode(row), dtype="<f4") for row in rows]).astype(np.float32)
+    return np.asarray(rows, dtype=np.float32)
 
 
 def bad_input(message: str) -> MlflowException:
@@ -128,6 +140,9 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         return embed_images(self.model, batch.to(self.device), self.flip)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        output = (params or {}).get("output") or OUTPUTS[0]
+        if output not in OUTPUTS:
+            raise bad_input(f"params output must be one of {', '.join(OUTPUTS)}, got {output!r:.40}")
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         columns = [c for c in (INPUT_COLUMN, PATH_COLUMN) if c in model_input]
@@ -141,7 +156,11 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
         for start in range(0, len(values), self.batch_size):  # decode and embed a chunk at a time
             chunk = values.iloc[start:start + self.batch_size]
             out.append(self.batcher(torch.stack([load(start + i, v) for i, v in enumerate(chunk)])))
-        return torch.cat(out).numpy().astype(np.float32)
+        embeddings = torch.cat(out).numpy().astype(np.float32)
+        if output == "base64":
+            return np.array([base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in embeddings],
+                            dtype=object)
+        return embeddings
 
 
 def signature(embedding_dim: int) -> ModelSignature:
@@ -149,6 +168,7 @@ def signature(embedding_dim: int) -> ModelSignature:
         inputs=Schema([ColSpec("string", INPUT_COLUMN, required=False),
                        ColSpec("string", PATH_COLUMN, required=False)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embedding_dim))]),
+        params=ParamSchema([ParamSpec("output", "string", OUTPUTS[0])]),
     )
 
 

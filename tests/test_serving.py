@@ -30,7 +30,7 @@ from dsfnet.config import DSFNetConfig
 from dsfnet.data import SyntheticConfig, generate_synthetic
 from dsfnet.features import extract_features
 from dsfnet.models import ModelConfig, build_model
-from pipeline.serving import encode_image, log_reid_model
+from pipeline.serving import decode_embeddings, encode_image, log_reid_model
 
 HEIGHT, WIDTH = 32, 16
 pytestmark = pytest.mark.e2e
@@ -217,6 +217,27 @@ def test_served_embeddings_equal_local_predictions(server, registry, local_model
     assert served.shape == (len(records), 3 * 512)
     np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(served, np.asarray(local_model.predict(pd.DataFrame({"image": encoded}))), atol=1e-5)
+
+
+def test_base64_output_carries_the_same_float32_numbers(server, registry):
+    """`params: {"output": "base64"}`: each row is its float32 bytes; decoded, bit-equal to the JSON floats."""
+    import base64
+    import json
+
+    _, _, records = registry
+    body = images_body([encode_image(r.path) for r in records])
+    as_floats = invoke(server, body)
+    as_base64 = invoke(server, {**body, "params": {"output": "base64"}})
+    assert as_floats.status_code == as_base64.status_code == 200, as_base64.text[:300]
+    rows = as_base64.json()["predictions"]
+    assert len(rows) == len(records) and all(isinstance(row, str) for row in rows)
+    assert len(base64.b64decode(rows[0])) == 4 * 3 * 512  # D float32 values, nothing else
+    floats = np.array(json.loads(as_floats.text)["predictions"], dtype=np.float32)
+    np.testing.assert_array_equal(decode_embeddings(rows), floats)
+    np.testing.assert_array_equal(decode_embeddings(as_floats.json()["predictions"]), floats)
+    assert len(as_base64.content) < len(as_floats.content) / 2
+    wrong = invoke(server, {**body, "params": {"output": "float16"}})
+    assert wrong.status_code == 400 and "params output must be one of floats, base64" in wrong.text, wrong.text[:300]
 
 
 def big_png(megabytes: float) -> bytes:
