@@ -128,7 +128,7 @@ def measure(name: str, data, iters: int, compile_: bool, pass_images: int) -> di
     clustered = pseudo_labels(branches, params.cluster, method, 0, config.epochs, camids)
     cluster_s = time.perf_counter() - start
     objective = DSFNetObjective(branches, clustered.labels, method, config.temperature, config.memory_momentum,
-                                clustered.proxies).train()
+                                clustered.proxies, config.memory_update).train()
     loader = epoch_loader(records, clustered.labels, config, 0, image_cache=cache)
     kept = clustered.labels >= 0
     proxy_of = clustered.proxies.assignment[kept] if clustered.proxies is not None else None

@@ -10,12 +10,12 @@ over seeds, on a validation split (every choice is made there) or on the officia
                                --variants baseline full full-finet full-scnet --seeds 1 2 3 [--eps 0.45 ...]
 
 With --profile, the network, the training budget, the clustering and DSFNet's settings are the profile's
-(profiles/<name>.yaml on top of the params defaults: what `python -m pipeline.profiles apply <name>` and
-`dvc repro` train); --epochs/--iters/--size/--eps/--k1/--camera-norm/--set override single settings. Variants:
-`baseline` (every part off), `full` (the parts the profile enables), `full-<part>` (full without one part: the
-leave-one-out), `<part>[+<part>...]` (just those parts, each with its profile settings). Without --profile the
-CPU recipe of params.yaml is used with --inits random (ResNet-18 from scratch) or imagenet (MobileNetV2, last
-stride 1; `make imagenet-weights` first), and `full` means all three parts.
+(profiles/<name>.yaml on top of the params defaults: what `python -m pipeline.profiles apply <name>` and `dvc
+repro` train); --epochs/--iters/--size/--eps/--k1/--camera-norm/--memory-update/--set override single settings.
+Variants: `baseline` (every part off), `full` (the parts the profile enables), `full-<part>` (full without one
+part: the leave-one-out), `<part>[+<part>...]` (just those parts, each with its profile settings). Without
+--profile the CPU recipe of params.yaml is used with --inits random (ResNet-18 from scratch) or imagenet
+(MobileNetV2, last stride 1; `make imagenet-weights` first), and `full` means all three parts.
 
 Each row is the last epoch's flip-averaged mAP / rank-1, pseudo-label purity and cross-camera pair recall
 (the train ids score the pseudo-labels only; training never reads them), tagged with its dataset and protocol.
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--camera-norm", action=argparse.BooleanOptionalAction,
                         help="cluster on camera-normalised features")
     parser.add_argument("--camera-penalty", type=float, help="cluster.camera_penalty")
+    parser.add_argument("--memory-update", choices=["momentum", "hardest"], help="train.memory_update")
     parser.add_argument("--set", nargs="*", default=[], metavar="PART.KEY=VALUE",
                         help="DSFNet settings for the variants that enable PART, e.g. scnet.sub_distance=0.7")
     parser.add_argument("--out", type=Path, default=Path("bench/results/real_market.json"))
@@ -152,7 +153,8 @@ def main() -> None:
         except ValueError:
             raise SystemExit(f"--size {args.size}: expected HEIGHTxWIDTH, e.g. 128x64") from None
         config = replace(config, height=height, width=width)
-    config = replace(config, device="cpu", **{k: v for k, v in (("epochs", args.epochs), ("iters", args.iters))
+    config = replace(config, device="cpu", **{k: v for k, v in (("epochs", args.epochs), ("iters", args.iters),
+                                                                ("memory_update", args.memory_update))
                                                if v is not None})
     cluster = replace(cluster, **{k: v for k, v in (("eps", args.eps), ("k1", args.k1),
                                                     ("camera_norm", args.camera_norm),
@@ -164,6 +166,7 @@ def main() -> None:
                          f"camera_norm={cluster.camera_norm}",
                          *([f"k1={cluster.k1}"] if cluster.k1 != 30 else []),
                          *([f"camera_penalty={cluster.camera_penalty}"] if cluster.camera_penalty else []),
+                         *([f"memory_update={config.memory_update}"] if config.memory_update != "momentum" else []),
                          *(f"{k}={v}" for k, v in sorted(overrides.items()))])
     data = load_dataset("folder", args.manifest) if args.manifest else load_dataset(args.dataset, args.root)
     dataset = args.manifest.stem if args.manifest else args.dataset  # e.g. market_val: the split rows were tuned on

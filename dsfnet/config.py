@@ -17,6 +17,7 @@ POSITIVES = ("own", "hardest", "all")
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # model.memory_format
 FEATURE_RUNTIMES = ("auto", "torch", "onnxruntime")  # train.feature_runtime
+MEMORY_UPDATES = ("momentum", "hardest")  # train.memory_update (Cluster Contrast's CM and CM_Hard)
 
 
 @dataclass
@@ -48,6 +49,10 @@ class TrainConfig:
     gamma: float = 0.1
     temperature: float = 0.05
     memory_momentum: float = 0.1
+    # how a batch moves the cluster centroids of ClusterNCE: momentum (every sample, in turn: the reference's
+    # default) | hardest (per cluster, only its batch member least similar to the centroid: Cluster Contrast's
+    # --use-hard, the hardest-positive memory of HCM)
+    memory_update: str = "momentum"
     height: int = 64  # 256×128 in the paper setting
     width: int = 32
     workers: int = 0
@@ -67,6 +72,8 @@ class TrainConfig:
         if self.feature_runtime not in FEATURE_RUNTIMES:
             raise ValueError(f"train.feature_runtime must be one of {list(FEATURE_RUNTIMES)}, "
                              f"got {self.feature_runtime!r}")
+        if self.memory_update not in MEMORY_UPDATES:
+            raise ValueError(f"train.memory_update must be one of {list(MEMORY_UPDATES)}, got {self.memory_update!r}")
 
 
 @dataclass

@@ -37,6 +37,24 @@ def momentum_update(bank: torch.Tensor, inputs: torch.Tensor, targets: torch.Ten
         bank[rows] = F.normalize(momentum * bank[rows] + (1.0 - momentum) * inputs[chosen].to(bank.dtype), dim=1)
 
 
+@torch.no_grad()
+def hardest_update(bank: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, momentum: float) -> None:
+    """bank[y] ← normalise(m·bank[y] + (1−m)·x_h), x_h the batch sample of label y least similar to bank[y].
+
+    Cluster Contrast's hard mode (CM_Hard): a centroid follows its hardest positive, not the mean of its batch
+    members, so a cluster's outlying views keep pulling it instead of being averaged away. Ties: the first.
+    """
+    if not len(targets):
+        return
+    similarity = (F.normalize(inputs.to(bank.dtype), dim=1) * bank[targets]).sum(dim=1)
+    order = torch.argsort(similarity, stable=True)  # least similar first ...
+    order = order[torch.argsort(targets[order], stable=True)]  # ... within each label
+    labels, counts = torch.unique_consecutive(targets[order], return_counts=True)
+    first = torch.cumsum(counts, dim=0) - counts
+    hardest = order[first]
+    bank[labels] = F.normalize(momentum * bank[labels] + (1.0 - momentum) * inputs[hardest].to(bank.dtype), dim=1)
+
+
 def centroids_of(features: torch.Tensor, labels: torch.Tensor, num_clusters: int | None = None) -> torch.Tensor:
     """L2-normalised mean feature of each label 0..C-1 (label -1, outliers, ignored)."""
     keep = labels >= 0
@@ -50,15 +68,19 @@ def centroids_of(features: torch.Tensor, labels: torch.Tensor, num_clusters: int
 class ClusterMemory(nn.Module):
     """One L2-normalised centroid per pseudo-label, updated by momentum from each training sample.
 
-    `momentum` is the weight of the old value, as in the reference code (0.1 there). Updates are
-    applied sample by sample in batch order, matching the reference's backward pass.
+    `momentum` is the weight of the old value, as in the reference code (0.1 there). `update`: "momentum"
+    applies the updates sample by sample in batch order, matching the reference's backward pass; "hardest"
+    moves each centroid once, towards its least similar batch member (`hardest_update`).
     """
 
     def __init__(self, centroids: torch.Tensor, temperature: float = 0.05, momentum: float = 0.1,
-                 groups: torch.Tensor | None = None):
+                 groups: torch.Tensor | None = None, update: str = "momentum"):
         super().__init__()
+        if update not in ("momentum", "hardest"):
+            raise ValueError(f"memory update must be momentum or hardest, got {update!r}")
         self.temperature = temperature
         self.momentum = momentum
+        self.update_rule = momentum_update if update == "momentum" else hardest_update
         self.register_buffer("features", F.normalize(centroids.detach().float(), dim=1).clone())
         # clusters of one group (SCNet's sub-clusters of one primary cluster) are not each other's negatives
         self.register_buffer("groups", groups.long().clone() if groups is not None else None)
@@ -90,7 +112,7 @@ class ClusterMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        momentum_update(self.features, *gather_batch(inputs, targets), self.momentum)
+        self.update_rule(self.features, *gather_batch(inputs, targets), self.momentum)
 
 
 class HardProxyMemory(nn.Module):

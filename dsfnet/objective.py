@@ -20,7 +20,8 @@ from dsfnet.models import ReIDOutput
 
 class DSFNetObjective(nn.Module):
     def __init__(self, branches: dict[str, np.ndarray | None], labels: np.ndarray, config: DSFNetConfig,
-                 temperature: float = 0.05, momentum: float = 0.1, proxies: HardProxies | None = None):
+                 temperature: float = 0.05, momentum: float = 0.1, proxies: HardProxies | None = None,
+                 memory_update: str = "momentum"):
         super().__init__()
         self.config = config
         labels_t = torch.from_numpy(np.asarray(labels)).long()
@@ -35,7 +36,8 @@ class DSFNetObjective(nn.Module):
 
         def memory(features: np.ndarray) -> ClusterMemory:
             centroids = centroids_of(torch.from_numpy(features), labels_t, num_clusters)
-            return ClusterMemory(centroids, temperature=temperature, momentum=momentum, groups=groups)
+            return ClusterMemory(centroids, temperature=temperature, momentum=momentum, groups=groups,
+                                 update=memory_update)
 
         self.main_key = "fused" if config.finet.enabled else "global"
         self.main = memory(branches[self.main_key])

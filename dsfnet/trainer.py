@@ -434,7 +434,7 @@ def train(
                                             progress, image_cache)
         start = time.perf_counter()
         objective = DSFNetObjective(branches, clustered.labels, method, config.temperature, config.memory_momentum,
-                                    clustered.proxies).to(session.device)
+                                    clustered.proxies, config.memory_update).to(session.device)
         loader = epoch_loader(records, clustered.labels, config, epoch, session.rank, image_cache, session.world)
         lr = session.optimizer.param_groups[0]["lr"]
         steps = run_iterations(session, objective, loader, clustered, config.iters)

@@ -33,6 +33,49 @@ def test_cluster_nce_and_sequential_momentum_update():
     torch.testing.assert_close(memory.features[0], centroids[0])
 
 
+def test_hardest_update_moves_each_centroid_once_towards_its_least_similar_batch_member():
+    """Against a loop written like the reference's CM_Hard backward: per label, argmin of x·c, one update."""
+    torch.manual_seed(3)
+    centroids = F.normalize(torch.randn(6, 16), dim=1)
+    memory = ClusterMemory(centroids, temperature=0.05, momentum=0.2, update="hardest")
+    inputs = torch.randn(20, 16, requires_grad=True)
+    targets = torch.tensor([3, 1, 3, 3, 0, 5, 1, 3, 2, 2, 0, 5, 5, 4, 3, 1, 1, 0, 2, 3])
+    memory(inputs, targets).backward()
+    x = F.normalize(inputs.detach(), dim=1)
+    expected = centroids.clone()
+    for label in targets.unique().tolist():
+        members = [i for i in range(len(targets)) if targets[i] == label]
+        hardest = min(members, key=lambda i: float(x[i] @ centroids[label]))
+        expected[label] = F.normalize(0.2 * centroids[label] + 0.8 * x[hardest], dim=0)
+    torch.testing.assert_close(memory.features, expected, rtol=0, atol=1e-6)
+    momentum = ClusterMemory(centroids, momentum=0.2)
+    momentum(inputs, targets)
+    assert (momentum.features - memory.features).abs().max() > 1e-2  # a different rule, not a renamed one
+    with pytest.raises(ValueError, match="memory update must be momentum or hardest, got 'median'"):
+        ClusterMemory(centroids, update="median")
+
+
+def test_train_memory_update_reaches_every_cluster_memory_and_a_bad_value_is_named():
+    from dsfnet.config import DSFNetConfig
+    from dsfnet.memory import hardest_update
+    from dsfnet.objective import DSFNetObjective
+    from pipeline.params import ParamsError, params_from_dict
+
+    rng = np.random.default_rng(0)
+    branches = {"global": rng.standard_normal((12, 8)).astype(np.float32),
+                "parts": rng.standard_normal((12, 2, 8)).astype(np.float32)}
+    branches["fused"] = branches["global"]
+    labels = np.repeat(np.arange(3), 4)
+    config = DSFNetConfig.baseline()
+    config.finet.enabled = True
+    objective = DSFNetObjective(branches, labels, config, memory_update="hardest")
+    memories = [objective.main, objective.global_memory, *objective.part_memories]
+    assert len(memories) == 4 and all(m.update_rule is hardest_update for m in memories)
+    assert params_from_dict({"train": {"memory_update": "hardest"}}).train.memory_update == "hardest"
+    with pytest.raises(ParamsError, match="train.memory_update must be one of"):
+        params_from_dict({"train": {"memory_update": "hard"}})
+
+
 def test_sampler_takes_k_per_identity_from_distinct_cameras_first():
     labels = [0] * 6 + [1] * 2
     camids = [0, 0, 0, 1, 2, 3] + [1, 1]
