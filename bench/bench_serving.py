@@ -16,7 +16,6 @@ embeddings as base64 float32 rows (request params) instead of JSON numbers.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import os
@@ -42,7 +41,7 @@ from dsfnet.data.transforms import build_test_transform
 from dsfnet.features import embed_images, embed_images_onnx
 from dsfnet.inference import OnnxNetwork, resolve_runtime
 from dsfnet.models import ModelConfig, build_model
-from pipeline.serving import encode_image, log_reid_model
+from pipeline.serving import OUTPUTS, encode_embeddings, encode_image, log_reid_model
 
 MALFORMED = [
     ("not JSON", "{ this is not json"),
@@ -115,9 +114,7 @@ def encoding_ms(embeddings: np.ndarray, repeats: int = 20) -> dict[str, float]:
     """Milliseconds MLflow's scoring server spends writing one response of these embeddings, per output form."""
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
-    forms = {"floats": embeddings,
-             "base64": np.array([base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
-                                 for row in embeddings], dtype=object)}
+    forms = {"floats": embeddings, "base64": encode_embeddings(embeddings)}
     timings = {}
     for name, predictions in forms.items():
         start = time.perf_counter()
@@ -161,7 +158,7 @@ def main() -> None:
     parser.add_argument("--size", default="64x32", help="HEIGHTxWIDTH of the random-init model")
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="the served model's runtime (model config)")
-    parser.add_argument("--output", default="floats", choices=["floats", "base64"],
+    parser.add_argument("--output", default=OUTPUTS[0], choices=OUTPUTS,
                         help="the embeddings as JSON numbers or as base64 float32 rows (request params)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))

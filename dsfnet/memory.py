@@ -55,6 +55,9 @@ def hardest_update(bank: torch.Tensor, inputs: torch.Tensor, targets: torch.Tens
     bank[labels] = F.normalize(momentum * bank[labels] + (1.0 - momentum) * inputs[hardest].to(bank.dtype), dim=1)
 
 
+UPDATE_RULES = {"momentum": momentum_update, "hardest": hardest_update}  # train.memory_update
+
+
 def centroids_of(features: torch.Tensor, labels: torch.Tensor, num_clusters: int | None = None) -> torch.Tensor:
     """L2-normalised mean feature of each label 0..C-1 (label -1, outliers, ignored)."""
     keep = labels >= 0
@@ -76,11 +79,11 @@ class ClusterMemory(nn.Module):
     def __init__(self, centroids: torch.Tensor, temperature: float = 0.05, momentum: float = 0.1,
                  groups: torch.Tensor | None = None, update: str = "momentum"):
         super().__init__()
-        if update not in ("momentum", "hardest"):
+        if update not in UPDATE_RULES:
             raise ValueError(f"memory update must be momentum or hardest, got {update!r}")
         self.temperature = temperature
         self.momentum = momentum
-        self.update_rule = momentum_update if update == "momentum" else hardest_update
+        self.update_rule = UPDATE_RULES[update]
         self.register_buffer("features", F.normalize(centroids.detach().float(), dim=1).clone())
         # clusters of one group (SCNet's sub-clusters of one primary cluster) are not each other's negatives
         self.register_buffer("groups", groups.long().clone() if groups is not None else None)

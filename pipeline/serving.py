@@ -4,10 +4,10 @@ Request body for `mlflow models serve`:
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 JPEG/PNG>"], ...]}}
 Response: {"predictions": [[e_1, ..., e_D], ...]}, one unit-norm row per image; D is in the model's
 metadata (`embedding_dim`). With `"params": {"output": "base64"}` in the request each row is instead a base64
-string of the D little-endian float32 values (`decode_embeddings` reads either form): the same numbers, but
-MLflow's JSON encoder writes a float ~80× slower than a base64 byte, which made the float list the server's
-bottleneck (bench/bench_serving.py --output). For local batch use (`mlflow.pyfunc.load_model(...).predict`) a `path`
-column of image files works too; a server refuses it (it would read files on the server's disk).
+string of the D little-endian float32 values (`encode_embeddings`; `decode_embeddings` reads either form): the
+same numbers, without MLflow's per-float JSON encoding, which took longer than the forward itself
+(bench/bench_serving.py prints both encodings' times). For local batch use (`mlflow.pyfunc.load_model(...).predict`)
+a `path` column of image files works too; a server refuses it (it would read files on the server's disk).
 The registered model also carries the embedding network as ONNX (`artifacts/embedding.onnx`, when the
 `onnx` extra is installed), for deployments without PyTorch; its metadata says what goes in and out. With
 `runtime` (model config: auto | torch | onnxruntime; auto as train.feature_runtime) the server itself runs it.
@@ -57,6 +57,12 @@ MODEL_CODE = Path(__file__).with_name("serving_model.py")  # what MLflow runs to
 def encode_image(path_or_bytes) -> str:
     data = path_or_bytes if isinstance(path_or_bytes, bytes) else open(path_or_bytes, "rb").read()
     return base64.b64encode(data).decode("ascii")
+
+
+def encode_embeddings(embeddings: np.ndarray) -> np.ndarray:
+    """Each (D,) float32 row as a base64 string of its little-endian bytes: the `output: base64` response."""
+    return np.array([base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in embeddings],
+                    dtype=object)
 
 
 def decode_embeddings(predictions) -> np.ndarray:
@@ -157,10 +163,7 @@ class ReIDEmbedder(mlflow.pyfunc.PythonModel):
             chunk = values.iloc[start:start + self.batch_size]
             out.append(self.batcher(torch.stack([load(start + i, v) for i, v in enumerate(chunk)])))
         embeddings = torch.cat(out).numpy().astype(np.float32)
-        if output == "base64":
-            return np.array([base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in embeddings],
-                            dtype=object)
-        return embeddings
+        return encode_embeddings(embeddings) if output == "base64" else embeddings
 
 
 def signature(embedding_dim: int) -> ModelSignature:
