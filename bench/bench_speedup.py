@@ -1,7 +1,7 @@
 """The cpu-imagenet training run on the old and the new code path, side by side: wall time and mAP.
 
     python bench/bench_speedup.py [--seeds 1 2 3] [--paths old new] [--synthetic market] [--manifest CSV]
-                                  [--out bench/results/speedup.json]
+                                  [--parts finet scnet] [--out bench/results/speedup.json]
 
 `old`: contiguous memory and PyTorch feature passes (`model.memory_format: contiguous`, `train.feature_runtime:
 torch`); `new`: the defaults (`auto`: channels-last MobileNetV2, ONNX Runtime feature passes of 2,048+ images when
@@ -11,7 +11,8 @@ ratio understates the gain over the code before the issue. Everything else is pr
 MobileNetV2 at 128×64, 12 × 40, its DSFNet parts and clustering), trained on the synthetic `market` profile (750
 train identities, ~13k images; generated once into a temp folder) or on a folder-reader --manifest. Rows (minutes
 of training, minutes of evaluation, mAP, rank-1, per-epoch phase seconds) are appended to --out and skipped when
-already there, so the bench resumes; it prints, per path, mean ± std over the seeds and the new/old ratio of
+already there (a row is keyed by its DSFNet parts too: `--parts` trains other parts than the profile's), so
+the bench resumes; it prints, per path, mean ± std over the seeds and the new/old ratio of
 training minutes. Run it on idle cores: one training at a time.
 """
 
@@ -31,6 +32,9 @@ from dsfnet.inference import resolve_runtime
 from dsfnet.models.backbone import uses_channels_last
 from pipeline.profiles import profile_params
 
+PARTS = ("finet", "scnet", "ddo")
+# rows written before rows named their parts trained cpu-imagenet as it then was: FINet and SCNet
+UNNAMED_PARTS = ["finet", "scnet"]
 PATHS = {"old": {"memory_format": "contiguous", "feature_runtime": "torch"},
          "new": {"memory_format": "auto", "feature_runtime": "auto"}}
 
@@ -51,42 +55,53 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--iters", type=int)
     parser.add_argument("--arch", help="another network than the profile's (e.g. for a quick check)")
+    parser.add_argument("--parts", nargs="*", choices=PARTS,
+                        help="the DSFNet parts to train (default: the profile's; none: the baseline)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/speedup.json"))
     args = parser.parse_args()
     params = profile_params(args.profile)
     if args.arch:
         params.model = replace(params.model, arch=args.arch)
+    settings = params.dsfnet
+    if args.parts is not None:
+        settings = replace(settings, **{p: replace(getattr(settings, p), enabled=p in args.parts) for p in PARTS})
+        settings.check()
+    parts = [p for p in PARTS if getattr(settings, p).enabled]
     config = replace(params.train, device="cpu", **{k: v for k, v in (("epochs", args.epochs), ("iters", args.iters))
                                                     if v is not None})
     dataset = args.manifest.stem if args.manifest else f"synthetic-{args.synthetic}"
     rows = json.loads(args.out.read_text()) if args.out.is_file() else []
+    mine_key = (dataset, args.profile, params.model.arch, config.epochs, config.iters, parts)
+
+    def key(row: dict) -> tuple:
+        return (row["dataset"], row["profile"], row["arch"], row["epochs"], row["iters"],
+                row.get("parts", UNNAMED_PARTS), row["seed"], row["path"])
     with tempfile.TemporaryDirectory() as tmp:
         data = (load_dataset("folder", args.manifest) if args.manifest else
                 generate_synthetic(tmp, SyntheticConfig(profile=args.synthetic, height=128, width=64), progress=False))
         print(f"{dataset}: {len(data.train)} train, {len(data.query)} query, {len(data.gallery)} gallery; "
-              f"profile {args.profile}, {config.epochs} x {config.iters}", flush=True)
+              f"profile {args.profile}, {config.epochs} x {config.iters}, parts {'+'.join(parts) or 'none'}",
+              flush=True)
         for seed in args.seeds:
             for path in args.paths:
-                key = (dataset, args.profile, params.model.arch, config.epochs, config.iters, seed, path)
-                if any((r["dataset"], r["profile"], r["arch"], r["epochs"], r["iters"], r["seed"], r["path"]) == key
-                       for r in rows):
+                if any(key(r) == (*mine_key, seed, path) for r in rows):
                     continue
                 model_config = replace(params.model, memory_format=PATHS[path]["memory_format"])
                 path_config = replace(config, feature_runtime=PATHS[path]["feature_runtime"])
                 row = run_one(data, "full", seed, path_config, params.cluster, model_config=model_config,
-                              settings=params.dsfnet)
+                              settings=settings)
                 ran = {"channels_last": uses_channels_last(model_config),  # what `auto` resolved to here
                        "runtime": resolve_runtime(path_config.feature_runtime, model_config.arch,
                                                   images=len(data.train))}
                 rows.append({**row, "dataset": dataset, "profile": args.profile, "arch": model_config.arch,
-                             "epochs": config.epochs, "iters": config.iters, "path": path, **PATHS[path], **ran})
+                             "epochs": config.epochs, "iters": config.iters, "parts": parts, "path": path,
+                             **PATHS[path], **ran})
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"seed {seed} {path} (channels-last {ran['channels_last']}, {ran['runtime']}): "
                       f"{row['minutes']:.1f} min training, mAP {row['mAP']:.2f}, "
                       f"rank-1 {row['rank1']:.2f}, evaluation {row['eval_minutes']:.1f} min", flush=True)
-    mine = [r for r in rows if (r["dataset"], r["profile"], r["arch"], r["epochs"], r["iters"])
-            == (dataset, args.profile, params.model.arch, config.epochs, config.iters)]
+    mine = [r for r in rows if key(r)[:-2] == mine_key]
     print("\n| path | seeds | training minutes | evaluation minutes | mAP | rank-1 |\n|---|---|---|---|---|---|")
     minutes = {}
     for path in PATHS:

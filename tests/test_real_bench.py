@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from dsfnet.data import load_dataset
+from pipeline.profiles import profile_params
 from tests.project import PROJECT_ROOT
 
 
@@ -108,8 +109,6 @@ def test_variants_of_a_profile_switch_parts_and_keep_the_profiles_part_settings(
     monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
     from bench_real import variant_method
 
-    from pipeline.profiles import profile_params
-
     params = profile_params("cpu-imagenet")
     assert params.model.arch == "mobilenet_v2" and params.model.pretrained == "imagenet"
     base = params.dsfnet
@@ -138,3 +137,9 @@ def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
     assert "seed 1 old (channels-last False, torch):" in first.stdout and "new / old training time:" in first.stdout
     again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert "seed 1" not in again.stdout and len(json.loads(out.read_text())) == 2  # finished rows are skipped
+    profile_parts = [p for p in ("finet", "scnet", "ddo") if getattr(profile_params("cpu-default").dsfnet, p).enabled]
+    assert [r["parts"] for r in rows] == [profile_parts] * 2
+    other = subprocess.run([*command, "--parts", "finet", "--paths", "new"], cwd=PROJECT_ROOT, capture_output=True,
+                           text=True, check=True)
+    assert "seed 1 new" in other.stdout  # other parts are another row, not the profile's finished one
+    assert [r["parts"] for r in json.loads(out.read_text())] == [profile_parts] * 2 + [["finet"]]
