@@ -99,8 +99,13 @@ class FINetConfig:
     # weighted mean over each process's batch), so occluded or misaligned parts teach less
     agreement_weights: bool = False
     agreement_k: int = 20
+    # fused: the integrated feature is the main one (its loss, SCNet's proxies, retrieval); global: PPLR's
+    # reading, where parts only teach through their own losses and the global feature is trained and retrieved
+    retrieval: str = "fused"
 
     def check(self) -> None:
+        if self.retrieval not in ("fused", "global"):
+            raise ValueError(f"dsfnet.finet.retrieval must be 'fused' or 'global', got {self.retrieval!r}")
         if self.num_parts not in (2, 3):
             raise ValueError(f"dsfnet.finet.num_parts must be 2 or 3, got {self.num_parts}")
         if self.agreement_k < 1:
@@ -178,6 +183,11 @@ class DSFNetConfig:
         self.finet.check()
         self.scnet.check()
         self.ddo.check()
+
+    @property
+    def fuses(self) -> bool:
+        """FINet's integration head is built and its fused feature is the main (trained, retrieved) one."""
+        return self.finet.enabled and self.finet.retrieval == "fused"
 
     @property
     def num_parts(self) -> int:

@@ -2,8 +2,10 @@
 
     L = L_nce(main) + w_g·L_nce(global) + w_p·mean_p L_nce(part_p) + λ_hard·L_hard(main)
 
-The main feature is FINet's fused one when FINet is on, else the global one (the baseline). Every
-memory is built from the epoch's extracted features and keyed by the same pseudo-labels.
+The main feature is FINet's fused one when FINet is on, else the global one (the baseline); with
+`finet.retrieval: global` the global feature is the main one and the parts keep their own terms (no
+w_g term then: it would count the global loss twice). Every memory is built from the epoch's extracted
+features and keyed by the same pseudo-labels.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ class DSFNetObjective(nn.Module):
             return ClusterMemory(centroids, temperature=temperature, momentum=momentum, groups=groups,
                                  update=memory_update)
 
-        self.main_key = "fused" if config.finet.enabled else "global"
+        self.main_key = "fused" if config.fuses else "global"
         self.main = memory(branches[self.main_key])
-        self.global_memory = memory(branches["global"]) if config.finet.enabled else None
+        self.global_memory = memory(branches["global"]) if config.fuses else None
         self.part_memories = nn.ModuleList(
             memory(branches["parts"][:, p]) for p in range(branches["parts"].shape[1])
         ) if config.finet.enabled else nn.ModuleList()
@@ -68,11 +70,12 @@ class DSFNetObjective(nn.Module):
         total = terms["loss_main"]
         if self.global_memory is not None:
             terms["loss_global"] = self.global_memory(out.global_, targets)
+            total = total + self.config.finet.global_weight * terms["loss_global"]
+        if len(self.part_memories):
             part_losses = [m(out.parts[:, p], targets, None if part_weights is None else part_weights[:, p])
                            for p, m in enumerate(self.part_memories)]
             terms["loss_parts"] = torch.stack(part_losses).mean()
-            total = total + self.config.finet.global_weight * terms["loss_global"] \
-                + self.config.finet.part_weight * terms["loss_parts"]
+            total = total + self.config.finet.part_weight * terms["loss_parts"]
         if self.hard is not None:
             if proxy_targets is None:
                 raise ValueError("SCNet's hard-proxy term needs each sample's proxy")

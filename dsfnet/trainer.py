@@ -167,7 +167,7 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
     proxies = None
     if method.scnet.enabled:
         start = time.perf_counter()
-        main = branches["fused"] if (method.finet.enabled or method.ddo.enabled) else branches["global"]
+        main = branches["fused"] if (method.fuses or method.ddo.enabled) else branches["global"]
         scnet = method.scnet
         by_camera = scnet.secondary == "camera"
         if (scnet.rejoin_views or by_camera) and camids is None:
@@ -190,9 +190,9 @@ def build_optimizer(params, config: TrainConfig) -> torch.optim.Adam:
 
 def check_model_matches(model: torch.nn.Module, method: DSFNetConfig) -> None:
     parts, fuse = getattr(model, "num_parts", 0), getattr(model, "fuse_parts", False)
-    if parts != method.num_parts or fuse != method.finet.enabled:
+    if parts != method.num_parts or fuse != method.fuses:
         raise ValueError(f"the network has num_parts={parts}, fuse_parts={fuse} but the DSFNet settings need "
-                         f"num_parts={method.num_parts}, fuse_parts={method.finet.enabled}; build it with "
+                         f"num_parts={method.num_parts}, fuse_parts={method.fuses}; build it with "
                          f"dsfnet.models.build_model(model_config, method)")
 
 
@@ -448,7 +448,7 @@ def train(
         result.history.append(stats)
         result.labels.append(clustered.labels)
         if on_epoch_end is not None:
-            on_epoch_end(stats, clustered.labels, branches["fused" if method.finet.enabled else "global"])
+            on_epoch_end(stats, clustered.labels, branches["fused" if method.fuses else "global"])
         if state_path is not None:
             save_state(Path(state_path), fingerprint, epoch + 1, session, result, extra or {})
     return result

@@ -392,6 +392,46 @@ def test_objective_is_the_weighted_sum_of_its_terms():
     assert set(terms) == {"loss_main"} and float(total) == pytest.approx(terms["loss_main"])
 
 
+def test_global_retrieval_trains_parts_as_auxiliary_terms_and_retrieves_the_global_feature():
+    """`finet.retrieval: global` (PPLR's reading): part branches and their losses, no integration head, and the
+    global feature is the main loss's, SCNet's and retrieval's."""
+    method = DSFNetConfig(FINetConfig(retrieval="global", part_weight=2.0), SCNetConfig(split=False),
+                          DDOConfig(enabled=False))
+    assert not method.fuses and method.num_parts == 2
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), method).eval()
+    assert model.integration is None and len(model.part_necks) == 2 and model.embedding_dim == 512
+    check_model_matches(model, method)
+    with pytest.raises(ValueError, match="fuse_parts=True.*fuse_parts=False"):
+        check_model_matches(build_model(ModelConfig(), DSFNetConfig()), method)
+    images = torch.randn(3, 3, 64, 32)
+    torch.testing.assert_close(model(images), F.normalize(model.branches(images).global_, dim=1))
+
+    torch.manual_seed(4)
+    n, dim = 24, 8
+    labels = np.repeat(np.arange(4), 6)
+    branches = {"global": F.normalize(torch.randn(n, dim), dim=1).numpy(),
+                "parts": F.normalize(torch.randn(n, 2, dim), dim=2).numpy(),
+                "fused": F.normalize(torch.randn(n, dim), dim=1).numpy()}
+    proxies = secondary_clustering(branches["global"], labels, sub_distance=0.8, min_size=2)
+    objective = DSFNetObjective(branches, labels, method, proxies=proxies).eval()
+    assert objective.main_key == "global" and objective.global_memory is None and len(objective.part_memories) == 2
+    centroid = F.normalize(torch.from_numpy(branches["global"][labels == 2]).mean(0), dim=0)
+    torch.testing.assert_close(objective.main.features[2], centroid)
+    from dsfnet.models import ReIDOutput
+
+    out = ReIDOutput(torch.randn(5, dim), torch.randn(5, 2, dim), None, None)  # no fused feature is needed
+    targets = torch.tensor([0, 1, 1, 3, 2])
+    total, terms = objective(out, targets, torch.from_numpy(proxies.assignment[[0, 6, 7, 18, 12]]))
+    assert set(terms) == {"loss_main", "loss_parts", "loss_hard"}
+    main = float(F.cross_entropy(F.normalize(out.global_, dim=1) @ objective.main.features.T / 0.05, targets))
+    assert terms["loss_main"] == pytest.approx(main, rel=1e-5)
+    expected = terms["loss_main"] + 2.0 * terms["loss_parts"] + method.scnet.lambda_hard * terms["loss_hard"]
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="dsfnet.finet.retrieval must be 'fused' or 'global', got 'parts'"):
+        FINetConfig(retrieval="parts").check()
+
+
 def test_camera_normalisation_removes_each_cameras_mean():
     from dsfnet.cluster.dbscan import camera_normalise
 

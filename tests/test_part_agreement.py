@@ -93,18 +93,23 @@ def test_a_bad_agreement_k_names_the_setting():
         FINetConfig(agreement_k=0).check()
 
 
-def test_training_with_agreement_weights_logs_them_every_epoch(tmp_path):
-    """End to end through `train`: the weights reach the part losses and the epoch statistics."""
+@pytest.mark.parametrize("retrieval", ["fused", "global"])
+def test_training_with_agreement_weights_logs_them_every_epoch(tmp_path, retrieval):
+    """End to end through `train`: the weights reach the part losses and the epoch statistics; with
+    `retrieval: global` (PPLR's whole reading) the trained network retrieves with its global feature."""
     from dsfnet.config import ModelConfig, TrainConfig
     from dsfnet.data import SyntheticConfig, generate_synthetic
     from dsfnet.models import build_model
     from dsfnet.trainer import train
 
     data = generate_synthetic(tmp_path, SyntheticConfig(profile="tiny", height=64, width=32), progress=False)
-    method = DSFNetConfig(FINetConfig(agreement_weights=True, agreement_k=5), SCNetConfig(split=False))
+    method = DSFNetConfig(FINetConfig(agreement_weights=True, agreement_k=5, retrieval=retrieval),
+                          SCNetConfig(split=False))
     config = TrainConfig(epochs=2, iters=2, batch_size=16, height=64, width=32, device="cpu")
-    result = train(build_model(ModelConfig(), method, seed=0), data.train, config,
+    model = build_model(ModelConfig(), method, seed=0)
+    result = train(model, data.train, config,
                    ClusterConfig(k1=6, k2=3, eps=0.7, min_samples=2, camera_norm=False), method, progress=False)
     assert len(result.history) == 2
     for stats in result.history:
         assert 0 < stats.part_agreement_min <= stats.part_agreement <= 1 and stats.loss_parts > 0
+    assert model.embedding_dim == (512 if retrieval == "global" else 3 * 512)

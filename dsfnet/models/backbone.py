@@ -158,7 +158,7 @@ def build_model(config: ModelConfig, method: DSFNetConfig | None = None, seed: i
 
     With `seed`, the initial weights come from that seed and the global RNG state is left as it was.
     """
-    parts, fuse = (method.num_parts, method.finet.enabled) if method is not None else (0, False)
+    parts, fuse = (method.num_parts, method.fuses) if method is not None else (0, False)
     if seed is None:
         return ReIDNet(config, parts, fuse)
     with torch.random.fork_rng(devices=[]):
