@@ -90,6 +90,11 @@ def last(row: dict, key: str) -> float:
     return values[-1]
 
 
+def spread(values: np.ndarray) -> float:
+    """The sample standard deviation over seeds (0 for one row): what the tables' ± means."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
 def table(rows: list[dict], inits: list[str], variants: list[str], seeds: list[int]) -> str:
     lines = [f"{'init':>8} {'variant':>11} {'runs':>4} {'mAP':>13} {'rank-1':>13} {'purity':>7} {'pair F1':>7} "
              f"{'x-cam R':>7} {'clusters':>8} {'min/run':>7}"]
@@ -99,8 +104,8 @@ def table(rows: list[dict], inits: list[str], variants: list[str], seeds: list[i
             if not runs:
                 continue
             m, r1 = np.array([r["mAP"] for r in runs]), np.array([r["rank1"] for r in runs])
-            lines.append(f"{init:>8} {variant:>11} {len(runs):>4} {m.mean():>6.2f} ± {m.std():<5.2f} "
-                         f"{r1.mean():>6.2f} ± {r1.std():<5.2f} {np.mean([r['purity'] for r in runs]):>7.3f} "
+            lines.append(f"{init:>8} {variant:>11} {len(runs):>4} {m.mean():>6.2f} ± {spread(m):<5.2f} "
+                         f"{r1.mean():>6.2f} ± {spread(r1):<5.2f} {np.mean([r['purity'] for r in runs]):>7.3f} "
                          f"{np.mean([r['pair_f1'] for r in runs]):>7.3f} "
                          f"{np.mean([last(r, 'cross_camera_pair_recall') for r in runs]):>7.3f} "
                          f"{np.mean([r['clusters'] for r in runs]):>8.0f} "

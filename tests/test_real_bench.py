@@ -143,3 +143,19 @@ def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
                            text=True, check=True)
     assert "seed 1 new" in other.stdout  # other parts are another row, not the profile's finished one
     assert [r["parts"] for r in json.loads(out.read_text())] == [profile_parts] * 2 + [["finet"]]
+
+
+def test_the_table_gives_the_mean_and_the_sample_std_over_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
+    import statistics
+
+    from bench_real import table
+
+    row = {"init": "imagenet", "variant": "baseline", "rank1": 50.0, "purity": 0.45, "pair_f1": 0.2, "clusters": 300,
+           "minutes": 10.0, "cross_camera_pair_recall_per_epoch": [0.1, 0.5]}
+    rows = [dict(row, seed=seed, mAP=value) for seed, value in ((4, 27.25), (5, 26.98), (6, 28.01), (7, 99.0))]
+    line = table(rows, ["imagenet"], ["baseline"], [4, 5, 6]).splitlines()[1]  # seed 7 is not asked for
+    mean, std = statistics.mean([27.25, 26.98, 28.01]), statistics.stdev([27.25, 26.98, 28.01])
+    assert f"{mean:6.2f} ± {std:<5.2f}" in line and "0.500" in line  # the last epoch's cross-camera recall
+    single = table(rows[:1], ["imagenet"], ["baseline"], [4]).splitlines()[1]
+    assert "27.25 ± 0.00" in single
