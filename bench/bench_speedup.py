@@ -26,13 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench_ablation import run_one
+from bench_real import PARTS, variant_method
 
 from dsfnet.data import SyntheticConfig, generate_synthetic, load_dataset
 from dsfnet.inference import resolve_runtime
 from dsfnet.models.backbone import uses_channels_last
 from pipeline.profiles import profile_params
 
-PARTS = ("finet", "scnet", "ddo")
 # rows written before rows named their parts trained cpu-imagenet as it then was: FINet and SCNet
 UNNAMED_PARTS = ["finet", "scnet"]
 PATHS = {"old": {"memory_format": "contiguous", "feature_runtime": "torch"},
@@ -62,10 +62,9 @@ def main() -> None:
     params = profile_params(args.profile)
     if args.arch:
         params.model = replace(params.model, arch=args.arch)
-    settings = params.dsfnet
+    settings = params.dsfnet  # --parts: the profile's part settings with only those parts on (as bench_real)
     if args.parts is not None:
-        settings = replace(settings, **{p: replace(getattr(settings, p), enabled=p in args.parts) for p in PARTS})
-        settings.check()
+        settings = variant_method("+".join(args.parts) or "baseline", settings)
     parts = [p for p in PARTS if getattr(settings, p).enabled]
     config = replace(params.train, device="cpu", **{k: v for k, v in (("epochs", args.epochs), ("iters", args.iters))
                                                     if v is not None})
