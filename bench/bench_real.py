@@ -97,7 +97,7 @@ def spread(values: np.ndarray) -> float:
 
 def table(rows: list[dict], inits: list[str], variants: list[str], seeds: list[int]) -> str:
     lines = [f"{'init':>8} {'variant':>11} {'runs':>4} {'mAP':>13} {'rank-1':>13} {'purity':>7} {'pair F1':>7} "
-             f"{'x-cam R':>7} {'clusters':>8} {'min/run':>7}"]
+             f"{'x-cam R':>7} {'clusters':>8} {'min/run':>7}  seed: mAP / min"]
     for init in inits:
         for variant in variants:
             runs = [r for r in rows if (r["init"], r["variant"]) == (init, variant) and r["seed"] in seeds]
@@ -109,7 +109,9 @@ def table(rows: list[dict], inits: list[str], variants: list[str], seeds: list[i
                          f"{np.mean([r['pair_f1'] for r in runs]):>7.3f} "
                          f"{np.mean([last(r, 'cross_camera_pair_recall') for r in runs]):>7.3f} "
                          f"{np.mean([r['clusters'] for r in runs]):>8.0f} "
-                         f"{np.mean([r['minutes'] for r in runs]):>7.1f}")
+                         f"{np.mean([r['minutes'] for r in runs]):>7.1f}  "
+                         + ", ".join(f"{r['seed']}: {r['mAP']:.2f} / {r['minutes']:.1f}"
+                                     for r in sorted(runs, key=lambda r: r["seed"])))
     return "\n".join(lines)
 
 

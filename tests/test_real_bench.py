@@ -157,5 +157,6 @@ def test_the_table_gives_the_mean_and_the_sample_std_over_seeds(monkeypatch):
     line = table(rows, ["imagenet"], ["baseline"], [4, 5, 6]).splitlines()[1]  # seed 7 is not asked for
     mean, std = statistics.mean([27.25, 26.98, 28.01]), statistics.stdev([27.25, 26.98, 28.01])
     assert f"{mean:6.2f} ± {std:<5.2f}" in line and "0.500" in line  # the last epoch's cross-camera recall
+    assert line.endswith("4: 27.25 / 10.0, 5: 26.98 / 10.0, 6: 28.01 / 10.0")  # each seed's row, in seed order
     single = table(rows[:1], ["imagenet"], ["baseline"], [4]).splitlines()[1]
     assert "27.25 ± 0.00" in single
