@@ -3,9 +3,11 @@
     python bench/bench_speedup.py [--seeds 1 2 3] [--paths old new] [--synthetic market] [--manifest CSV]
                                   [--parts finet scnet] [--out bench/results/speedup.json]
 
-`old`: contiguous memory and PyTorch feature passes (`model.memory_format: contiguous`, `train.feature_runtime:
-torch`); `new`: the defaults (`auto`: channels-last MobileNetV2, ONNX Runtime feature passes of 2,048+ images when
-the onnx extra is installed). The switchable part of issue 27 only: the earlier speed-ups that are not switches
+`old`: contiguous memory, PyTorch feature passes and faiss's CPU kNN (`model.memory_format: contiguous`,
+`train.feature_runtime: torch`, `cluster.knn_backend: faiss`); `new`: the defaults (`auto`: channels-last MobileNetV2,
+ONNX Runtime feature passes of 2,048+ images when the onnx extra is installed, torch's matrix-product kNN on the
+CPU). Rows are keyed by their kNN too, so rows of the new path from before the kNN switch are not reused.
+The switchable part of issue 27 only: the earlier speed-ups that are not switches
 (glibc keeping freed memory, feature passes from the image cache, the numba warm-up) are in both paths, so the
 ratio understates the gain over the code before the issue. Everything else is profile cpu-imagenet (ImageNet
 MobileNetV2 at 128×64, 12 × 40, its DSFNet parts and clustering), trained on the synthetic `market` profile (750
@@ -35,8 +37,9 @@ from pipeline.profiles import profile_params
 
 # rows written before rows named their parts trained cpu-imagenet as it then was: FINet and SCNet
 UNNAMED_PARTS = ["finet", "scnet"]
-PATHS = {"old": {"memory_format": "contiguous", "feature_runtime": "torch"},
-         "new": {"memory_format": "auto", "feature_runtime": "auto"}}
+PATHS = {"old": {"memory_format": "contiguous", "feature_runtime": "torch", "knn_backend": "faiss"},
+         "new": {"memory_format": "auto", "feature_runtime": "auto", "knn_backend": "auto"}}
+UNNAMED_KNN = "faiss"  # rows written before rows named their kNN searched with faiss on the CPU
 
 
 def mean_std(values: list[float]) -> str:
@@ -74,7 +77,7 @@ def main() -> None:
 
     def key(row: dict) -> tuple:
         return (row["dataset"], row["profile"], row["arch"], row["epochs"], row["iters"],
-                row.get("parts", UNNAMED_PARTS), row["seed"], row["path"])
+                row.get("parts", UNNAMED_PARTS), row.get("knn_backend", UNNAMED_KNN), row["seed"], row["path"])
     with tempfile.TemporaryDirectory() as tmp:
         data = (load_dataset("folder", args.manifest) if args.manifest else
                 generate_synthetic(tmp, SyntheticConfig(profile=args.synthetic, height=128, width=64), progress=False))
@@ -83,11 +86,12 @@ def main() -> None:
               flush=True)
         for seed in args.seeds:
             for path in args.paths:
-                if any(key(r) == (*mine_key, seed, path) for r in rows):
+                if any(key(r) == (*mine_key, PATHS[path]["knn_backend"], seed, path) for r in rows):
                     continue
                 model_config = replace(params.model, memory_format=PATHS[path]["memory_format"])
                 path_config = replace(config, feature_runtime=PATHS[path]["feature_runtime"])
-                row = run_one(data, "full", seed, path_config, params.cluster, model_config=model_config,
+                cluster_config = replace(params.cluster, knn_backend=PATHS[path]["knn_backend"])
+                row = run_one(data, "full", seed, path_config, cluster_config, model_config=model_config,
                               settings=settings)
                 ran = {"channels_last": uses_channels_last(model_config),  # what `auto` resolved to here
                        "runtime": resolve_runtime(path_config.feature_runtime, model_config.arch,
@@ -100,7 +104,7 @@ def main() -> None:
                 print(f"seed {seed} {path} (channels-last {ran['channels_last']}, {ran['runtime']}): "
                       f"{row['minutes']:.1f} min training, mAP {row['mAP']:.2f}, "
                       f"rank-1 {row['rank1']:.2f}, evaluation {row['eval_minutes']:.1f} min", flush=True)
-    mine = [r for r in rows if key(r)[:-2] == mine_key]
+    mine = [r for r in rows if key(r)[:-3] == mine_key and key(r)[-3] == PATHS[r["path"]]["knn_backend"]]
     print("\n| path | seeds | training minutes | evaluation minutes | mAP | rank-1 |\n|---|---|---|---|---|---|")
     minutes = {}
     for path in PATHS:

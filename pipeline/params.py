@@ -182,6 +182,7 @@ def params_from_dict(data: dict | None) -> Params:
         params.dsfnet.check()  # the ranges of DSFNet's settings (dsfnet.finet.num_parts 2 or 3, ...)
         params.model.check()
         params.train.check()
+        params.cluster.check()
     except ValueError as error:
         raise ParamsError(str(error)) from None
     return params

@@ -131,6 +131,7 @@ def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["path"], r["arch"], r["channels_last"], r["runtime"]) for r in rows] == [
         ("old", "mobilenet_v2", False, "torch"), ("new", "mobilenet_v2", True, "torch")]  # 49 images: no export
+    assert [r["knn_backend"] for r in rows] == ["faiss", "auto"]  # the old path keeps faiss's CPU kNN
     for row in rows:
         assert row["minutes"] > 0 and row["eval_minutes"] > 0 and 0 <= row["mAP"] <= 100
         assert len(row["extract_s_per_epoch"]) == len(row["train_s_per_epoch"]) == 1
@@ -143,6 +144,10 @@ def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
                            text=True, check=True)
     assert "seed 1 new" in other.stdout  # other parts are another row, not the profile's finished one
     assert [r["parts"] for r in json.loads(out.read_text())] == [profile_parts] * 2 + [["finet"]]
+    before_the_knn_switch = [{k: v for k, v in r.items() if k != "knn_backend"} for r in json.loads(out.read_text())]
+    out.write_text(json.dumps(before_the_knn_switch))
+    rerun = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert "seed 1 new" in rerun.stdout and "seed 1 old" not in rerun.stdout  # such a new-path row is not reused
 
 
 def test_the_table_gives_the_mean_and_the_sample_std_over_seeds(monkeypatch):

@@ -34,13 +34,12 @@ class PseudoLabels:
 
 def neighbours_for(x: np.ndarray, config: ClusterConfig, camids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The k1-NN lists the Jaccard distance starts from, camera-penalised when `cluster.camera_penalty` > 0."""
-    if not 0.0 <= config.camera_penalty < 2.0:
-        raise ValueError(f"cluster.camera_penalty must be in [0, 2), got {config.camera_penalty}")
+    config.check()
     if config.camera_penalty and camids is None:
         raise ValueError("cluster.camera_penalty needs the camera of every sample")
     if not config.camera_penalty:
-        return knn(x, config.k1)
-    return camera_penalised_knn(x, config.k1, camids, config.camera_penalty)
+        return knn(x, config.k1, backend=config.knn_backend)
+    return camera_penalised_knn(x, config.k1, camids, config.camera_penalty, backend=config.knn_backend)
 
 
 def check_dbscan_args(eps: float, min_samples: int) -> None:
