@@ -27,12 +27,14 @@ interrupted bench continues (CUHK03 rows: --manifest DIR/cuhk03.csv --out bench/
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from bench_ablation import enabled_parts, retrieval, run_one
 
@@ -77,12 +79,36 @@ def with_overrides(base: DSFNetConfig, overrides: dict[str, object]) -> DSFNetCo
     return base
 
 
-def untrained(data, model_config: ModelConfig, seed: int, config: TrainConfig) -> dict:
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, by name: two untrained networks with it equal score the same."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def untrained(data, model_config: ModelConfig, seed: int, config: TrainConfig, earlier: list[dict] = ()) -> dict:
+    """The network as built for `seed`, evaluated; or, when an `earlier` untrained row had exactly these weights
+    (ImageNet weights and no randomly initialised layer: the seed changes nothing), that row under this seed."""
     seed_everything(seed)
+    model = build_model(model_config)
+    digest = weights_digest(model)
+    same = next((r for r in earlier if r.get("weights_sha256") == digest), None)
+    if same is not None:
+        return {**same, "seed": seed, "same_weights_as_seed": same["seed"]}
     start = time.perf_counter()
-    mean_ap, rank1 = retrieval(build_model(model_config), data, config)
+    mean_ap, rank1 = retrieval(model, data, config)
     return {"variant": "untrained", "seed": seed, "mAP": mean_ap, "rank1": rank1, "purity": float("nan"),
-            "pair_f1": float("nan"), "clusters": 0, "minutes": (time.perf_counter() - start) / 60, "method": None}
+            "pair_f1": float("nan"), "clusters": 0, "minutes": (time.perf_counter() - start) / 60, "method": None,
+            "weights_sha256": digest}
+
+
+def row_key(row: dict) -> tuple:
+    """What a row was measured under, but its seed and variant name: (init, settings, parts, dataset, protocol,
+    memory format)."""
+    return (row["init"], row["settings"], row["method"], row.get("dataset"), row.get("protocol"),
+            row.get("memory_format", "contiguous"))
 
 
 def last(row: dict, key: str) -> float:
@@ -187,19 +213,20 @@ def main() -> None:
             for variant, method in methods.items():
                 parts = None if method is None else enabled_parts(method)
                 memory_format = "channels_last" if uses_channels_last(model_config) else "contiguous"
-                if any((r["init"], r["seed"], r["settings"], r["method"], r.get("dataset"), r.get("protocol"),
-                        r.get("memory_format", "contiguous"))
-                       == (init, seed, settings, parts, dataset, args.protocol, memory_format)
-                       and (method is not None or r["variant"] == "untrained") for r in rows):
+                where = (init, settings, parts, dataset, args.protocol, memory_format)
+                alike = [r for r in rows if row_key(r) == where and (method is not None or r["variant"] == "untrained")]
+                if any(r["seed"] == seed for r in alike):
                     continue
-                row = (untrained(data, model_config, seed, config) if method is None else
+                row = (untrained(data, model_config, seed, config, alike) if method is None else
                        run_one(data, variant, seed, config, cluster, model_config=model_config, settings=method,
                                save_to=args.save_models and args.save_models / f"{init}-{variant}-seed{seed}.pt"))
                 rows.append({**row, "init": init, "settings": settings, "dataset": dataset,
                              "protocol": args.protocol, "profile": args.profile, "memory_format": memory_format})
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{init:>8} {variant:>11} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "
-                      f"purity {row['purity']:.3f} ({row['minutes']:.1f} min)", flush=True)
+                      f"purity {row['purity']:.3f} ({row['minutes']:.1f} min"
+                      + (f"; the weights of seed {row['same_weights_as_seed']}, not re-evaluated)"
+                         if "same_weights_as_seed" in row else ")"), flush=True)
     mine = [dict(r, variant=next((v for v, m in methods.items() if m is not None and enabled_parts(m) == r["method"]),
                                  r["variant"]))
             for r in rows if (r["settings"], r.get("dataset"), r.get("protocol")) == (settings, dataset, args.protocol)]

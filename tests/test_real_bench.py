@@ -165,3 +165,33 @@ def test_the_table_gives_the_mean_and_the_sample_std_over_seeds(monkeypatch):
     assert line.endswith("4: 27.25 / 10.0, 5: 26.98 / 10.0, 6: 28.01 / 10.0")  # each seed's row, in seed order
     single = table(rows[:1], ["imagenet"], ["baseline"], [4]).splitlines()[1]
     assert "27.25 ± 0.00" in single
+
+
+def test_an_untrained_row_is_evaluated_once_per_distinct_weights(monkeypatch):
+    """ImageNet weights with no random layer give every seed the same network: its row is reused, not re-evaluated
+    (1.3 min a seed on real Market); random weights differ by seed and each is evaluated."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
+    import bench_real
+    import torch
+
+    from dsfnet.config import ModelConfig, TrainConfig
+
+    evaluated = []
+    monkeypatch.setattr(bench_real, "retrieval", lambda model, data, config: evaluated.append(model) or (12.5, 30.0))
+    random_init = ModelConfig(arch="resnet18")
+    first = bench_real.untrained(None, random_init, 1, TrainConfig())
+    second = bench_real.untrained(None, random_init, 2, TrainConfig(), [first])
+    assert len(evaluated) == 2 and first["weights_sha256"] != second["weights_sha256"]
+    assert "same_weights_as_seed" not in second
+
+    def fixed_weights(config):  # stands in for pretrained weights: the same network whatever the seed
+        torch.manual_seed(0)
+        return torch.nn.Linear(4, 3)
+
+    monkeypatch.setattr(bench_real, "build_model", fixed_weights)
+    evaluated.clear()
+    seed4 = bench_real.untrained(None, random_init, 4, TrainConfig(), [first, second])
+    seed5 = bench_real.untrained(None, random_init, 5, TrainConfig(), [first, second, seed4])
+    assert len(evaluated) == 1  # seed 5 found seed 4's weights
+    assert seed5 == {**seed4, "seed": 5, "same_weights_as_seed": 4}
+    assert bench_real.weights_digest(fixed_weights(None)) == seed4["weights_sha256"]
