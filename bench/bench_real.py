@@ -38,6 +38,7 @@ import torch
 import yaml
 from bench_ablation import enabled_parts, retrieval, run_one
 
+from dsfnet.cluster.knn import resolve_backend
 from dsfnet.config import ClusterConfig, DSFNetConfig, ModelConfig, TrainConfig
 from dsfnet.data import load_dataset
 from dsfnet.models import build_model
@@ -221,7 +222,8 @@ def main() -> None:
                        run_one(data, variant, seed, config, cluster, model_config=model_config, settings=method,
                                save_to=args.save_models and args.save_models / f"{init}-{variant}-seed{seed}.pt"))
                 rows.append({**row, "init": init, "settings": settings, "dataset": dataset,
-                             "protocol": args.protocol, "profile": args.profile, "memory_format": memory_format})
+                             "protocol": args.protocol, "profile": args.profile, "memory_format": memory_format,
+                             "knn_backend": resolve_backend(cluster.knn_backend)})  # rows before it: faiss
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{init:>8} {variant:>11} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "
                       f"purity {row['purity']:.3f} ({row['minutes']:.1f} min"

@@ -2,7 +2,7 @@
 
     python bench/bench_serving.py [--requests 1000] [--concurrency 8] [--batch 8] [--malformed 0.1]
                                   [--checkpoint models/model.pt] [--workers 1] [--runtime auto|torch|onnxruntime]
-                                  [--arch resnet18 --size 64x32] [--output floats|base64]
+                                  [--arch resnet18 --size 64x32 | --profile cpu-imagenet] [--output floats|base64]
 
 Logs the checkpoint (default: models/model.pt when it exists, else a random-init DSFNet network at 64×32)
 as the pipeline's pyfunc model into a temporary sqlite registry, serves it on 127.0.0.1, sends the requests
@@ -41,6 +41,7 @@ from dsfnet.data.transforms import build_test_transform
 from dsfnet.features import embed_images, embed_images_onnx
 from dsfnet.inference import OnnxNetwork, resolve_runtime
 from dsfnet.models import ModelConfig, build_model
+from pipeline.profiles import profile_params
 from pipeline.serving import OUTPUTS, encode_embeddings, encode_image, log_reid_model
 
 MALFORMED = [
@@ -156,6 +157,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
     parser.add_argument("--arch", default="resnet18", help="network of the random-init model (no --checkpoint)")
     parser.add_argument("--size", default="64x32", help="HEIGHTxWIDTH of the random-init model")
+    parser.add_argument("--profile", help="a random-init model of this profile's network, input size and DSFNet "
+                                          "parts instead of --arch/--size's FINet network (e.g. cpu-imagenet)")
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="the served model's runtime (model config)")
     parser.add_argument("--output", default=OUTPUTS[0], choices=OUTPUTS,
@@ -170,11 +173,17 @@ def main() -> None:
             torch.manual_seed(0)
             checkpoint = root / "model.pt"
             height, width = (int(v) for v in args.size.split("x"))
-            config = ModelConfig(arch=args.arch)
-            save_checkpoint(checkpoint, build_model(config, DSFNetConfig()), config, height=height, width=width)
+            config, method = ModelConfig(arch=args.arch), DSFNetConfig()
+            if args.profile:
+                params = profile_params(args.profile)
+                config, method, height, width = params.model, params.dsfnet, params.train.height, params.train.width
+            save_checkpoint(checkpoint, build_model(config, method), config, height=height, width=width)
+            parts = "+".join(p for p in ("finet", "scnet", "ddo") if getattr(method, p).enabled) or "baseline"
+            args.described = f"random-init {args.profile + ' ' if args.profile else ''}({parts})"
         model, payload = load_checkpoint(checkpoint)
-        args.described = f"{checkpoint.name if args.checkpoint.is_file() else 'random-init FINet'} {model.arch} " \
-                         f"{'x'.join(map(str, payload['input_size']))}"
+        if args.checkpoint.is_file():
+            args.described = checkpoint.name
+        args.described += f" {model.arch} {'x'.join(map(str, payload['input_size']))}"
         args.resolved = resolve_runtime(args.runtime, model.arch)
         paths = [r.path for r in generate_synthetic(root / "data", SyntheticConfig(profile="tiny"),
                                                     progress=False).query[: args.batch]]

@@ -143,6 +143,10 @@ class SCNetConfig:
     own_negatives: bool = False  # the other proxies of the own cluster are negatives too (keeps sub-clusters apart)
     hard_negatives: int = 0  # only the k proxies of other clusters most similar to the sample are negatives (0: all)
     rejoin_views: bool = False  # a sub-cluster seen only by cameras its core never saw rejoins the core (a view)
+    # with split false: a DBSCAN cluster over this many times the median cluster size is chained, and its
+    # sub-clusters become pseudo-labels of their own (0: none; on Market DBSCAN leaves clusters of 400-1,140
+    # images where no identity has more than 72)
+    split_oversized: float = 0.0
 
     def check(self) -> None:
         if self.secondary not in SECONDARY:
@@ -164,6 +168,12 @@ class SCNetConfig:
             raise ValueError(f"dsfnet.scnet.hard_negatives must be >= 0 (0: every proxy), got {self.hard_negatives}")
         if self.lambda_hard < 0:
             raise ValueError(f"dsfnet.scnet.lambda_hard must be >= 0, got {self.lambda_hard}")
+        if self.split_oversized < 0 or 0 < self.split_oversized <= 1:
+            raise ValueError(f"dsfnet.scnet.split_oversized must be 0 (off) or > 1 (times the median cluster size), "
+                             f"got {self.split_oversized}")
+        if self.split_oversized and self.enabled and (self.split or self.secondary == "camera"):
+            raise ValueError("dsfnet.scnet.split_oversized needs dsfnet.scnet.split: false (split: true already "
+                             "splits every cluster) and secondary: hard (camera sub-clusters would cut views apart)")
 
 
 @dataclass

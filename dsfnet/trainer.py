@@ -27,7 +27,7 @@ from dsfnet.cluster import ClusterConfig, NoClusterError, cluster_features
 from dsfnet.cluster.dbscan import camera_normalise
 from dsfnet.cluster.ddo import cluster_fused
 from dsfnet.cluster.part_agreement import part_agreement
-from dsfnet.cluster.scnet import HardProxies, secondary_clustering
+from dsfnet.cluster.scnet import HardProxies, secondary_clustering, split_oversized
 from dsfnet.config import DSFNetConfig, TrainConfig
 from dsfnet.data.loader import CameraAwarePKSampler, ImageDataset, RankShare, collate_images
 from dsfnet.data.records import ImageRecord
@@ -74,6 +74,7 @@ class EpochStats:
     inter_hard: int = 0
     hard_proxies: int = 0  # SCNet: proxies in the hard-proxy memory
     split_clusters: int = 0  # SCNet: DBSCAN clusters that secondary clustering divided
+    oversized_split: int = 0  # SCNet split_oversized: clusters over the size bound whose sub-clusters became labels
     primary_clusters: int = 0  # SCNet: DBSCAN's clusters before the split (num_clusters counts after it)
     lambda_t: float = float("nan")  # DDO: weight of the part distances this epoch
     agreement: float = float("nan")  # DDO: fused/part kNN agreement
@@ -180,6 +181,10 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
         extra.update(proxies.stats(), primary_clusters=pseudo.num_clusters)
         if scnet.split:  # every sub-cluster is a pseudo-identity: DBSCAN's chained clusters come apart
             return EpochLabels(proxies.assignment.copy(), pseudo.timings, proxies, extra, agreement)
+        if scnet.split_oversized:  # only the clusters too large to be one identity come apart
+            labels, proxies, oversized = split_oversized(pseudo.labels, proxies, scnet.split_oversized)
+            extra.update(oversized_split=oversized)
+            return EpochLabels(labels, pseudo.timings, proxies, extra, agreement)
     return EpochLabels(pseudo.labels, pseudo.timings, proxies, extra, agreement)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torchvision
 
 from dsfnet.cluster.ddo import dynamic_lambda, fuse_distances, neighbourhood_agreement
 from dsfnet.cluster.jaccard import jaccard_distance
-from dsfnet.cluster.scnet import secondary_clustering
+from dsfnet.cluster.scnet import HardProxies, secondary_clustering, split_oversized
 from dsfnet.config import DDOConfig, DSFNetConfig, FINetConfig, SCNetConfig
 from dsfnet.label_stats import label_quality
 from dsfnet.memory import HardProxyMemory, momentum_update, occurrence_rank
@@ -172,6 +173,33 @@ def test_secondary_clustering_splits_chained_clusters_into_sub_clusters():
     assert len(whole.proxies) == 2 and not whole.intra_hard.any()
 
 
+def test_split_oversized_relabels_only_clusters_far_above_the_median_size():
+    """Clusters 0 (3 members), 1 (3) and 3 (4) are of a normal size; cluster 2 (12, chained) holds three
+    sub-clusters. At factor 2 (bound 2 × median 3.5 = 7) only cluster 2 comes apart into three labels."""
+    labels = np.array([0, 0, 0, 1, 1, 1] + [2] * 12 + [3] * 4 + [-1])
+    groups = {0: [[0, 1, 2]], 1: [[3, 4, 5]], 2: [[6, 7, 8, 9], [10, 11, 12, 13], [14, 15, 16, 17]],
+              3: [[18, 19, 20, 21]]}
+    assignment, owners = np.full(len(labels), -1), []
+    for cluster, subs in groups.items():
+        for members in subs:
+            assignment[members] = len(owners)
+            owners.append(cluster)
+    proxies = HardProxies(np.eye(len(owners), dtype=np.float32), np.array(owners), assignment,
+                          np.zeros(len(labels), bool), np.zeros(len(labels), bool))
+    new, moved, split = split_oversized(labels, proxies, 2.0)
+    assert split == 1
+    expected = [0, 0, 0, 1, 1, 1] + [3] * 4 + [4] * 4 + [5] * 4 + [2] * 4 + [-1]  # np.unique order: 0, 1, 3, 2's
+    assert new.tolist() == expected
+    assert moved.owners.tolist() == [0, 1, 3, 4, 5, 2]  # each proxy is owned by the label its members now carry
+    np.testing.assert_array_equal(moved.assignment, assignment)  # the proxies themselves are unchanged
+    same, untouched, none = split_oversized(labels, proxies, 4.0)  # bound 14: no cluster is oversized
+    assert none == 0 and same is labels and untouched is proxies
+    with pytest.raises(ValueError, match="split_oversized needs dsfnet.scnet.split: false"):
+        SCNetConfig(split=True, split_oversized=4.0).check()
+    with pytest.raises(ValueError, match="split_oversized must be 0 \\(off\\) or > 1"):
+        SCNetConfig(split=False, split_oversized=0.5).check()
+
+
 @pytest.mark.parametrize("sibling_negatives", [True, False])
 def test_split_labels_mask_sibling_sub_clusters_unless_they_are_negatives(sibling_negatives):
     torch.manual_seed(4)
@@ -298,6 +326,38 @@ def test_rejoin_views_reaches_the_trainers_pseudo_labels():
         assert len(np.unique(got.labels)) == expected
     with pytest.raises(ValueError, match="rejoin_views"):
         pseudo_labels(branches, cluster, method, 0, 1, None)
+
+
+def test_split_oversized_reaches_the_trainers_labels_and_trains(monkeypatch):
+    import dsfnet.trainer as trainer
+    from dsfnet.cluster import ClusterConfig
+    from dsfnet.cluster.dbscan import PseudoLabels
+    from dsfnet.models import ReIDOutput
+
+    # four normal clusters of 4 and one DBSCAN chained out of three separate modes (12 samples)
+    modes = np.eye(8, dtype=np.float32)
+    features = np.concatenate([_around(modes[m], 4, m, spread=0.02) for m in range(7)])
+    dbscan = np.array([0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 12)
+    timings = {"knn_s": 0.0, "jaccard_s": 0.0, "dbscan_s": 0.0}
+    monkeypatch.setattr(trainer, "cluster_features", lambda x, config, camids=None: PseudoLabels(dbscan, timings))
+    branches = {"global": features, "parts": None, "fused": None}
+    cluster = ClusterConfig(camera_norm=False)
+    method = DSFNetConfig(FINetConfig(enabled=False), SCNetConfig(split=False, split_oversized=2.0, sub_distance=0.5),
+                          DDOConfig(enabled=False))
+    got = trainer.pseudo_labels(branches, cluster, method, 0, 1)
+    np.testing.assert_array_equal(got.labels[:16], dbscan[:16])  # clusters of a normal size keep their labels
+    chained = got.labels[16:].reshape(3, 4)  # one mode per row: each its own label, 4, 5 and 6 in some order
+    assert (chained == chained[:, :1]).all() and sorted(chained[:, 0]) == [4, 5, 6]
+    assert got.extra["oversized_split"] == 1
+    np.testing.assert_array_equal(got.proxies.owners[got.proxies.assignment], got.labels)  # each proxy: its label
+    off = trainer.pseudo_labels(branches, cluster, replace(method, scnet=replace(method.scnet, split_oversized=0.0)),
+                                0, 1)
+    np.testing.assert_array_equal(off.labels, dbscan)  # without it the chained cluster stays one label
+    objective = DSFNetObjective(branches, got.labels, method, proxies=got.proxies)
+    batch = torch.from_numpy(features[[0, 16, 20, 24]])
+    loss, terms = objective(ReIDOutput(batch, None, batch, None), torch.from_numpy(got.labels[[0, 16, 20, 24]]),
+                            torch.from_numpy(got.proxies.assignment[[0, 16, 20, 24]]))
+    assert torch.isfinite(loss) and "loss_hard" in terms
 
 
 def test_secondary_clustering_keeps_outliers_out_and_checks_its_input():

@@ -96,6 +96,7 @@ def test_bench_real_rows_carry_dataset_and_protocol_and_resume(tmp_path):
     assert [(r["variant"], r["seed"], r["dataset"], r["protocol"], r["init"]) for r in rows] == [
         ("untrained", 5, "market1501", "official", "random"), ("baseline", 5, "market1501", "official", "random")]
     assert all(0 <= r["mAP"] <= 100 for r in rows) and rows[1]["settings"].startswith("e1x2 32x16 eps0.7")
+    assert [r["knn_backend"] for r in rows] == ["torch", "torch"]  # what `auto` searched with on this CPU
     assert "baseline seed 5" in first.stdout
     again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert "seed 5:" not in again.stdout and len(json.loads(out.read_text())) == 2  # finished rows are skipped

@@ -96,13 +96,19 @@ def knn(features: np.ndarray, k: int, backend: str = "auto", batch_size: int = 4
     return top_k(features, features, k, backend, batch_size)
 
 
+def resolve_backend(backend: str) -> str:
+    """What `backend` searches with here: `auto` is faiss where its GPU index works, torch otherwise."""
+    if backend == "auto":
+        return "faiss" if faiss_gpu_usable() else "torch"
+    return backend
+
+
 def top_k(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto",
           batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, indices into `base`), both (Q, k): each query's k largest inner products, best first."""
     base = np.ascontiguousarray(base, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if backend == "auto":
-        backend = "faiss" if faiss_gpu_usable() else "torch"
+    backend = resolve_backend(backend)
     if backend == "faiss":
         if faiss is None:
             raise RuntimeError("backend 'faiss' requested but faiss is not installed")
