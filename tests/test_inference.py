@@ -116,3 +116,23 @@ def test_training_clusters_on_onnxruntime_features_and_keeps_training_the_networ
                    method, progress=False)
     assert len(result.history) == 2 and all(h.num_clusters > 0 and h.extract_s > 0 for h in result.history)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # it trained
+
+
+@pytest.mark.parametrize("arch,method", [("resnet18", DSFNetConfig()), ("mobilenet_v2", None)])
+def test_flip_in_one_forward_equals_the_two_forward_reference(arch, method):
+    """`embed_images` runs a batch and its mirrors as one forward: the same embeddings as the textbook two
+    forwards (the image's embedding plus its mirror's, re-normalised), in PyTorch and through ONNX Runtime."""
+    from torch.nn.functional import normalize
+
+    from dsfnet.features import embed_images, embed_images_onnx
+
+    model = network(arch, method)
+    images = torch.rand(5, 3, HEIGHT, WIDTH)
+    with torch.inference_mode():
+        reference = normalize(model(images) + model(torch.flip(images, dims=[3])), dim=1)
+        got = embed_images(model, images, flip=True)
+        plain = embed_images(model, images, flip=False)
+    np.testing.assert_allclose(got.numpy(), reference.numpy(), atol=1e-5)
+    onnx = OnnxNetwork.export(model, HEIGHT, WIDTH)
+    np.testing.assert_allclose(embed_images_onnx(onnx, images, flip=True).numpy(), reference.numpy(), atol=1e-4)
+    np.testing.assert_allclose(embed_images_onnx(onnx, images).numpy(), plain.numpy(), atol=1e-4)
