@@ -10,7 +10,9 @@ depend on them) on the synthetic default set, in one process:
   (`train_step` on the epoch's P×K loader: augmentation, every branch, every loss, memory updates, backward,
   Adam; img/s) and kNN + Jaccard + DBSCAN (+ SCNet) seconds;
 - floors for the same network and batch: the eval forward under `torch.inference_mode` (eager, channels-last,
-  `torch.compile` unless --no-compile, ONNX Runtime when installed), each checked against the eager features
+  `torch.compile` unless --no-compile, ONNX Runtime when installed, and OpenVINO when installed — not a
+  dependency: `pip install openvino` to see it — once in float32 and once at its default precision, which is
+  bfloat16 on CPUs with AMX), each checked against the eager features
   (max |difference| after L2 normalisation; ≤ 1e-4 passes), and the bare forward + backward + Adam step of the
   trunk, pool and neck;
 - the ratio of each trainer phase to its best floor (feature pass: the fastest forward that passes the check).
@@ -21,6 +23,7 @@ Medians over --iters repetitions after warm-up; nothing else should run on the m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import statistics
 import tempfile
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from dsfnet.data import SyntheticConfig, generate_synthetic
-from dsfnet.features import extract_branches
+from dsfnet.features import _eval_batches, extract_branches
 from dsfnet.inference import OnnxNetwork, onnxruntime_installed, resolve_runtime
 from dsfnet.models import build_model
 from dsfnet.objective import DSFNetObjective
@@ -88,8 +91,33 @@ def forward_floors(model: torch.nn.Module, images: torch.Tensor, iters: int, com
         record("onnxruntime", lambda: onnx(images)["embedding"])
     else:
         floors["onnxruntime"] = {"error": "not installed (pip install '.[onnx]')"}
+    for name, network in openvino_networks(model, *images.shape[2:]).items():
+        record(name, lambda network=network: network(images.numpy()))
     model.set_channels_last(trainer_format)
     return floors
+
+
+def openvino_networks(model: torch.nn.Module, height: int, width: int) -> dict[str, Callable]:
+    """The exported embedding network compiled by OpenVINO (when installed) in float32 and at its default
+    precision, each a callable on a numpy batch; {} without OpenVINO or the onnx extra."""
+    if importlib.util.find_spec("openvino") is None or not onnxruntime_installed():
+        return {}
+    import openvino
+
+    from dsfnet.inference import export_onnx
+
+    core = openvino.Core()
+    hint = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
+    default = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+    networks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/network.onnx"
+        export_onnx(model, path, height, width)
+        for label, settings in (("f32", {"INFERENCE_PRECISION_HINT": "f32"}), (f"default, {default}", {})):
+            compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(), **settings})
+            request = compiled.create_infer_request()
+            networks[f"openvino {label}"] = lambda batch, request=request: request.infer({0: batch})[0].copy()
+    return networks
 
 
 def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iters: int) -> float:
@@ -123,6 +151,15 @@ def measure(name: str, data, iters: int, compile_: bool, pass_images: int) -> di
     branches = extract_branches(model, records, config.height, config.width, config.feature_batch_size,
                                 progress=False, cache=cache, runtime=config.feature_runtime)  # fills the cache
     feature_s = median_seconds(extract, max(1, iters // 3), warmup=0)
+    # the pass's two costs outside the forward: the network's export (ONNX Runtime only) and the test batches
+    export_s = (median_seconds(lambda: OnnxNetwork.export(model, config.height, config.width, branches=True),
+                               max(1, iters // 3), warmup=1)
+                if resolve_runtime(config.feature_runtime, params.model.arch, images=pass_images) == "onnxruntime"
+                else 0.0)
+    batches_s = median_seconds(lambda: sum(1 for _ in _eval_batches(model, passed, config.height, config.width,
+                                                                     config.feature_batch_size, 0, "cpu", "", False,
+                                                                     cache)),
+                               max(1, iters // 3), warmup=0)
     camids = np.array([r.camid for r in records])
     start = time.perf_counter()
     clustered = pseudo_labels(branches, params.cluster, method, 0, config.epochs, camids)
@@ -150,7 +187,8 @@ def measure(name: str, data, iters: int, compile_: bool, pass_images: int) -> di
     floors = forward_floors(model, test_batch, iters, compile_)
     return {"profile": name, "arch": params.model.arch, "size": f"{config.height}x{config.width}",
             "batch": config.batch_size, "images": len(records), "pass_images": pass_images,
-            "feature_img_s": pass_images / feature_s,
+            "feature_img_s": pass_images / feature_s, "feature_s": feature_s, "export_s": export_s,
+            "batches_s": batches_s,
             "trainer_format": "channels-last" if trainer_format else "contiguous",
             "trainer_runtime": resolve_runtime(config.feature_runtime, params.model.arch, images=pass_images),
             "train_img_s": config.batch_size / step_s, "bare_train_img_s": bare[best_bare],
@@ -168,7 +206,9 @@ def report(row: dict) -> str:
              + (" (exported afresh each pass, as every epoch)" if row["trainer_runtime"] == "onnxruntime" else ""),
              f"  {'phase':<34} {'trainer':>10} {'floor':>10} {'ratio':>6}",
              f"  {'feature pass (img/s)':<34} {row['feature_img_s']:>10.0f} {passing[best]['img_s']:>10.0f} "
-             f"{passing[best]['img_s'] / row['feature_img_s']:>6.2f}  (floor: {best})",
+             f"{passing[best]['img_s'] / row['feature_img_s']:>6.2f}  (floor: {best}; the pass's "
+             f"{row['feature_s']:.1f} s hold {row['export_s']:.1f} s of export and {row['batches_s']:.1f} s "
+             "of test batches from the cache)",
              f"  {'train step (img/s)':<34} {row['train_img_s']:>10.0f} {row['bare_train_img_s']:>10.0f} "
              f"{row['bare_train_img_s'] / row['train_img_s']:>6.2f}  (floor: bare fwd+bwd+Adam, "
              f"{row['bare_floor']}; " + ", ".join(f"{k} {v:.0f}" for k, v in row["bare_by_format"].items()) + ")",
@@ -177,11 +217,11 @@ def report(row: dict) -> str:
              "  forward floors (img/s, max |diff| to eager after L2 norm):"]
     for name, floor in floors.items():
         if "error" in floor:
-            lines.append(f"    {name:<16} {floor['error']}")
+            lines.append(f"    {name:<22} {floor['error']}")
         else:
             extra = f", compile {floor['compile_s']:.0f} s" if "compile_s" in floor else ""
             verdict = "ok" if floor["max_diff"] <= TOLERANCE else "DIFFERS"
-            lines.append(f"    {name:<16} {floor['img_s']:>8.0f}  {floor['max_diff']:.1e} {verdict}{extra}")
+            lines.append(f"    {name:<22} {floor['img_s']:>8.0f}  {floor['max_diff']:.1e} {verdict}{extra}")
     return "\n".join(lines)
 
 
