@@ -162,7 +162,8 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
     agreement = None
     if method.finet.enabled and method.finet.agreement_weights:
         start = time.perf_counter()
-        agreement = part_agreement(branches["global"], branches["parts"], method.finet.agreement_k)
+        agreement = part_agreement(branches["global"], branches["parts"], method.finet.agreement_k,
+                                   cluster_config.knn_backend)
         extra.update(part_agreement=float(agreement.mean()), part_agreement_min=float(agreement.mean(axis=0).min()))
         pseudo.timings["knn_s"] += time.perf_counter() - start  # its neighbour searches
     proxies = None

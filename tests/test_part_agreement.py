@@ -113,3 +113,23 @@ def test_training_with_agreement_weights_logs_them_every_epoch(tmp_path, retriev
     for stats in result.history:
         assert 0 < stats.part_agreement_min <= stats.part_agreement <= 1 and stats.loss_parts > 0
     assert model.embedding_dim == (512 if retrieval == "global" else 3 * 512)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_agreement_searches_with_the_clustering_knn_backend(backend, monkeypatch):
+    """`cluster.knn_backend` picks every search of the clustering step, the agreement's included."""
+    import dsfnet.cluster.part_agreement as module
+
+    rng = np.random.default_rng(3)
+    centres = unit(rng.normal(size=(4, 12)))
+    global_ = unit(np.repeat(centres, 6, axis=0) + 0.05 * rng.normal(size=(24, 12)))
+    branches = {"global": global_, "parts": np.stack([global_, unit(rng.normal(size=(24, 12)))], axis=1),
+                "fused": global_, "weights": None}
+    asked = []
+    real_knn = module.knn
+    monkeypatch.setattr(module, "knn", lambda x, k, backend="auto": asked.append(backend) or real_knn(x, k, backend))
+    cluster = ClusterConfig(k1=5, k2=3, eps=0.6, min_samples=2, camera_norm=False, knn_backend=backend)
+    on = DSFNetConfig(FINetConfig(agreement_weights=True, agreement_k=4), SCNetConfig(enabled=False))
+    clustered = pseudo_labels(branches, cluster, on, epoch=0, epochs=1)
+    assert asked == [backend] * 3  # the global feature and each of the two parts
+    np.testing.assert_allclose(clustered.part_agreement, by_hand(global_, branches["parts"], 4), atol=1e-6)
