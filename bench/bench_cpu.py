@@ -14,7 +14,7 @@ depend on them) on the synthetic default set, in one process:
   dependency: `pip install openvino` to see it — once in float32 and once at its default precision, which is
   bfloat16 on CPUs with AMX), each checked against the eager features
   (max |difference| after L2 normalisation; ≤ 1e-4 passes), and the bare forward + backward + Adam step of the
-  trunk, pool and neck;
+  trunk, pool and neck (and, for comparison only, the same step under bfloat16 autocast);
 - the ratio of each trainer phase to its best floor (feature pass: the fastest forward that passes the check).
 
 Medians over --iters repetitions after warm-up; nothing else should run on the machine meanwhile.
@@ -120,8 +120,9 @@ def openvino_networks(model: torch.nn.Module, height: int, width: int) -> dict[s
     return networks
 
 
-def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iters: int) -> float:
-    """Trunk + pool + neck forward, a trivial loss, backward and the fused Adam step on a batch in memory."""
+def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iters: int, bf16: bool = False) -> float:
+    """Trunk + pool + neck forward, a trivial loss, backward and the fused Adam step on a batch in memory;
+    `bf16`: the forward under CPU bfloat16 autocast (not a floor: its losses are not the float32 ones)."""
     model.train()
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], config)
 
@@ -129,9 +130,10 @@ def bare_step_seconds(model: torch.nn.Module, images: torch.Tensor, config, iter
         images = images.contiguous(memory_format=torch.channels_last)
 
     def step():
-        feature = model.neck(model.pool(model.trunk(images)).flatten(1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            feature = model.neck(model.pool(model.trunk(images)).flatten(1))
         optimizer.zero_grad(set_to_none=True)
-        feature.pow(2).mean().backward()
+        feature.float().pow(2).mean().backward()
         optimizer.step()
     return median_seconds(step, iters)
 
@@ -150,12 +152,16 @@ def measure(name: str, data, iters: int, compile_: bool, pass_images: int) -> di
                                        runtime=config.feature_runtime)
     branches = extract_branches(model, records, config.height, config.width, config.feature_batch_size,
                                 progress=False, cache=cache, runtime=config.feature_runtime)  # fills the cache
+    onnx_passes = resolve_runtime(config.feature_runtime, params.model.arch, images=pass_images) == "onnxruntime"
+    start = time.perf_counter()
+    if onnx_passes:  # the process's first export, which the trainer pays once per run
+        OnnxNetwork.export(model, config.height, config.width, branches=True)
+    first_export_s = time.perf_counter() - start
     feature_s = median_seconds(extract, max(1, iters // 3), warmup=0)
     # the pass's two costs outside the forward: the network's export (ONNX Runtime only) and the test batches
     export_s = (median_seconds(lambda: OnnxNetwork.export(model, config.height, config.width, branches=True),
                                max(1, iters // 3), warmup=1)
-                if resolve_runtime(config.feature_runtime, params.model.arch, images=pass_images) == "onnxruntime"
-                else 0.0)
+                if onnx_passes else 0.0)
     batches_s = median_seconds(lambda: sum(1 for _ in _eval_batches(model, passed, config.height, config.width,
                                                                      config.feature_batch_size, 0, "cpu", "", False,
                                                                      cache)),
@@ -183,12 +189,13 @@ def measure(name: str, data, iters: int, compile_: bool, pass_images: int) -> di
                                                                                              iters)
     model.set_channels_last(trainer_format)
     best_bare = max(bare, key=bare.get)
+    bf16_img_s = config.batch_size / bare_step_seconds(model, images, config, iters, bf16=True)
     test_batch = torch.randn(config.feature_batch_size, 3, config.height, config.width)
     floors = forward_floors(model, test_batch, iters, compile_)
     return {"profile": name, "arch": params.model.arch, "size": f"{config.height}x{config.width}",
             "batch": config.batch_size, "images": len(records), "pass_images": pass_images,
             "feature_img_s": pass_images / feature_s, "feature_s": feature_s, "export_s": export_s,
-            "batches_s": batches_s,
+            "batches_s": batches_s, "first_export_s": first_export_s, "bare_bf16_img_s": bf16_img_s,
             "trainer_format": "channels-last" if trainer_format else "contiguous",
             "trainer_runtime": resolve_runtime(config.feature_runtime, params.model.arch, images=pass_images),
             "train_img_s": config.batch_size / step_s, "bare_train_img_s": bare[best_bare],
@@ -208,10 +215,11 @@ def report(row: dict) -> str:
              f"  {'feature pass (img/s)':<34} {row['feature_img_s']:>10.0f} {passing[best]['img_s']:>10.0f} "
              f"{passing[best]['img_s'] / row['feature_img_s']:>6.2f}  (floor: {best}; the pass's "
              f"{row['feature_s']:.1f} s hold {row['export_s']:.1f} s of export and {row['batches_s']:.1f} s "
-             "of test batches from the cache)",
+             f"of test batches from the cache; the process's first export took {row['first_export_s']:.1f} s)",
              f"  {'train step (img/s)':<34} {row['train_img_s']:>10.0f} {row['bare_train_img_s']:>10.0f} "
              f"{row['bare_train_img_s'] / row['train_img_s']:>6.2f}  (floor: bare fwd+bwd+Adam, "
-             f"{row['bare_floor']}; " + ", ".join(f"{k} {v:.0f}" for k, v in row["bare_by_format"].items()) + ")",
+             f"{row['bare_floor']}; " + ", ".join(f"{k} {v:.0f}" for k, v in row["bare_by_format"].items())
+             + f"; bf16 autocast {row['bare_bf16_img_s']:.0f}, not a floor: other losses)",
              f"  {'kNN + Jaccard + DBSCAN (+SCNet) s':<34} {row['cluster_s']:>10.2f}   (kNN {row['knn_s']:.2f}, "
              f"Jaccard {row['jaccard_s']:.2f}, DBSCAN+SCNet {row['dbscan_s']:.2f})",
              "  forward floors (img/s, max |diff| to eager after L2 norm):"]
