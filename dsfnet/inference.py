@@ -122,8 +122,5 @@ def _session(path: str | Path):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    # idle pool threads sleep instead of spinning: PyTorch's own threads (flip, normalise) and a server's request
-    # handling share the same two cores (bench_serving, session 17: bare ORT forward 252-296 vs 226-228 img/s)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
