@@ -63,6 +63,18 @@ def enabled_parts(settings: DSFNetConfig) -> dict[str, object]:
             for name, part in (("finet", settings.finet), ("scnet", settings.scnet), ("ddo", settings.ddo))}
 
 
+PART_DEFAULTS = {"finet": FINetConfig, "scnet": SCNetConfig, "ddo": DDOConfig}
+
+
+def stored_parts(method: dict | None) -> dict | None:
+    """A stored row's `method` with the settings added since it was written at their defaults: a new switch's
+    default is the old behaviour, so a row from before the switch is the same run as one at its default."""
+    if not method:
+        return method
+    return {name: {**asdict(PART_DEFAULTS[name]()), **value} if isinstance(value, dict) else value
+            for name, value in method.items()}
+
+
 def arrays(records):
     return np.array([r.pid for r in records]), np.array([r.camid for r in records])
 
@@ -160,7 +172,8 @@ def main() -> None:
 
     def done(variant: str, seed: int) -> bool:
         parts = enabled_parts(method(variant, overrides))
-        return any((r["variant"], r["seed"], r.get("settings"), r.get("method")) == (variant, seed, settings, parts)
+        return any((r["variant"], r["seed"], r.get("settings"), stored_parts(r.get("method")))
+                   == (variant, seed, settings, parts)
                    for r in rows)
 
     # baseline and full over every seed first: the comparison that matters lands first

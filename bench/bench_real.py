@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from bench_ablation import enabled_parts, retrieval, run_one
+from bench_ablation import enabled_parts, retrieval, run_one, stored_parts
 
 from dsfnet.cluster.knn import resolve_backend
 from dsfnet.config import ClusterConfig, DSFNetConfig, ModelConfig, TrainConfig
@@ -108,7 +108,7 @@ def untrained(data, model_config: ModelConfig, seed: int, config: TrainConfig, e
 def row_key(row: dict) -> tuple:
     """What a row was measured under, but its seed and variant name: (init, settings, parts, dataset, protocol,
     memory format)."""
-    return (row["init"], row["settings"], row["method"], row.get("dataset"), row.get("protocol"),
+    return (row["init"], row["settings"], stored_parts(row["method"]), row.get("dataset"), row.get("protocol"),
             row.get("memory_format", "contiguous"))
 
 
@@ -229,8 +229,8 @@ def main() -> None:
                       f"purity {row['purity']:.3f} ({row['minutes']:.1f} min"
                       + (f"; the weights of seed {row['same_weights_as_seed']}, not re-evaluated)"
                          if "same_weights_as_seed" in row else ")"), flush=True)
-    mine = [dict(r, variant=next((v for v, m in methods.items() if m is not None and enabled_parts(m) == r["method"]),
-                                 r["variant"]))
+    mine = [dict(r, variant=next((v for v, m in methods.items()
+                                  if m is not None and enabled_parts(m) == stored_parts(r["method"])), r["variant"]))
             for r in rows if (r["settings"], r.get("dataset"), r.get("protocol")) == (settings, dataset, args.protocol)]
     print(settings)
     print(table(mine, list(model_configs), list(methods), args.seeds))

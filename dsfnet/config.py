@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 LAMBDA_MODES = ("schedule", "agreement")
+DDO_BASES = ("fused", "global")
 LINKAGES = ("complete", "average")  # SCNet's secondary clustering; single linkage would chain like DBSCAN
 KNN_BACKENDS = ("auto", "faiss", "torch")
 SECONDARY = ("hard", "camera")  # SCNet's sub-clusters: hard-sample groups (linkage) | one per camera (views)
@@ -185,8 +186,11 @@ class DDOConfig:
     lambda_start: float = 0.5
     lambda_end: float = 0.2
     lambda_max: float = 0.5  # agreement mode: λ_t = lambda_max × global/part kNN agreement
+    base: str = "fused"  # the feature of the first term (and of SCNet's sub-clusters): fused (FINet's z) | global
 
     def check(self) -> None:
+        if self.base not in DDO_BASES:
+            raise ValueError(f"dsfnet.ddo.base must be one of {DDO_BASES}, got {self.base!r}")
         if self.lambda_mode not in LAMBDA_MODES:
             raise ValueError(f"dsfnet.ddo.lambda_mode must be one of {LAMBDA_MODES}, got {self.lambda_mode!r}")
         for name in ("lambda_start", "lambda_end", "lambda_max"):
@@ -209,6 +213,14 @@ class DSFNetConfig:
     def fuses(self) -> bool:
         """FINet's integration head is built and its fused feature is the main (trained, retrieved) one."""
         return self.finet.enabled and self.finet.retrieval == "fused"
+
+    @property
+    def clustered_branch(self) -> str:
+        """The branch SCNet sub-clusters (and DDO's first term, when on): FINet's fused feature where FINet
+        fuses or DDO clusters on it, else the global one."""
+        if self.fuses or (self.ddo.enabled and self.ddo.base == "fused"):
+            return "fused"
+        return "global"
 
     @property
     def num_parts(self) -> int:

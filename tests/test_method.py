@@ -400,6 +400,35 @@ def test_neighbourhood_agreement_and_lambda_schedule():
         DDOConfig(lambda_mode="cosine").check()
 
 
+def test_ddo_base_global_clusters_on_the_global_feature_and_scnet_follows_it(make_clustered):
+    """`ddo.base: global`: DDO's first term and SCNet's sub-clusters use g, not the fused feature."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from dsfnet.cluster import ClusterConfig
+    from dsfnet.cluster.ddo import cluster_fused
+    from dsfnet.trainer import pseudo_labels
+
+    global_, ids = make_clustered(num_ids=6, per_id=5, dim=16, noise=0.3)
+    structureless, _ = make_clustered(num_ids=30, per_id=1, dim=48, noise=0.0, seed=5)  # one "identity" per sample
+    parts = np.stack([global_, global_], axis=1)  # parts agree with g: the mixed distance is g's Jaccard
+    branches = {"global": global_, "parts": parts, "fused": structureless}
+    cluster = ClusterConfig(k1=6, k2=2, eps=0.6, min_samples=2, camera_norm=False)
+    got = {}
+    for base in ("global", "fused"):
+        method = DSFNetConfig(FINetConfig(enabled=False), SCNetConfig(split=False, sub_distance=0.5),
+                              DDOConfig(base=base))
+        assert method.clustered_branch == base
+        got[base] = pseudo_labels(branches, cluster, method, 0, 1)
+        reference = cluster_fused(branches[base], parts, cluster, method.ddo, 0, 1)
+        np.testing.assert_array_equal(got[base].labels, reference.pseudo.labels)
+        proxies = secondary_clustering(branches[base], got[base].labels, 0.5, method.scnet.min_sub_size)
+        np.testing.assert_array_equal(got[base].proxies.assignment, proxies.assignment)
+    assert adjusted_rand_score(ids, got["global"].labels) == pytest.approx(1.0)  # g's identities, found
+    assert adjusted_rand_score(ids, got["fused"].labels) < 0.5  # the structureless fused feature mixes them up
+    with pytest.raises(ValueError, match="dsfnet.ddo.base"):
+        DDOConfig(base="parts").check()
+
+
 def test_pairwise_precision_and_recall_count_pairs():
     rng = np.random.default_rng(0)
     labels = rng.integers(-1, 4, size=40)

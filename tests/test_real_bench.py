@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,25 @@ def test_variants_of_a_profile_switch_parts_and_keep_the_profiles_part_settings(
     assert variant_method("scnet", base).scnet.split == base.scnet.split  # the profile's part settings stay
     with pytest.raises(SystemExit, match="variant 'full-bogus'"):
         variant_method("full-bogus", base)
+
+
+def test_a_row_written_before_a_new_switch_matches_the_switch_at_its_default(monkeypatch):
+    """Rows store every part setting; one added later (e.g. ddo.base) is read at its default, so the finished
+    rows of `make bench-real` are not trained again, and a non-default value is another row."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
+    from bench_ablation import enabled_parts, stored_parts
+    from bench_real import row_key
+
+    method = profile_params("cpu-imagenet").dsfnet
+    now = enabled_parts(method)
+    older = {name: ({k: v for k, v in value.items() if k != "base"} if name == "ddo" else value)
+             for name, value in now.items()}
+    assert "base" not in older["ddo"] and stored_parts(older) == now
+    row = {"init": "imagenet", "settings": "s", "method": older, "dataset": "d", "protocol": "official",
+           "memory_format": "channels_last"}
+    assert row_key(row) == ("imagenet", "s", now, "d", "official", "channels_last")
+    other = enabled_parts(replace(method, ddo=replace(method.ddo, base="global")))
+    assert stored_parts(older) != other and stored_parts(None) is None and stored_parts(older)["finet"] is False
 
 
 def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
