@@ -4,18 +4,31 @@
 
 Times `dsfnet.cluster.knn.knn` with each backend on random L2-normalised features of the cpu-imagenet
 clustering feature's size (MobileNetV2's global 1,280 floats; 9,914 Market validation-split and 12,936
-official train images) and says whether both found the same neighbour sets. Run it on idle cores.
+official train images) and says whether both found the same neighbour sets. Run it on idle cores; the winner
+depends on the CPU (printed first): torch was 4.6x ahead on one machine and behind faiss on an AMD EPYC.
+`--dim 3840` is DDO's fused feature (global and two stripes).
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from dsfnet.cluster.knn import knn
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux): which backend wins depends on it (torch's MKL against faiss's BLAS)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
 
 def main() -> None:
@@ -25,7 +38,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    print(f"torch threads {torch.get_num_threads()}, dim {args.dim}, k {args.k}, best of {args.repeats}")
+    print(f"cpu {cpu_model()}, torch threads {torch.get_num_threads()} (MKL {torch.backends.mkl.is_available()}), "
+          f"dim {args.dim}, k {args.k}, best of {args.repeats}")
     rng = np.random.default_rng(0)
     for n in args.sizes:
         features = rng.standard_normal((n, args.dim)).astype(np.float32)
