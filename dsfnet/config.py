@@ -216,11 +216,11 @@ class DSFNetConfig:
 
     @property
     def clustered_branch(self) -> str:
-        """The branch SCNet sub-clusters (and DDO's first term, when on): FINet's fused feature where FINet
-        fuses or DDO clusters on it, else the global one."""
-        if self.fuses or (self.ddo.enabled and self.ddo.base == "fused"):
-            return "fused"
-        return "global"
+        """The branch DDO's first term (when on) and SCNet's sub-clusters use: `ddo.base` with DDO on, else
+        FINet's fused feature where FINet fuses, else the global one."""
+        if self.ddo.enabled:
+            return self.ddo.base
+        return "fused" if self.fuses else "global"
 
     @property
     def num_parts(self) -> int:

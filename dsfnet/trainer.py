@@ -148,8 +148,8 @@ def pseudo_labels(branches: dict, cluster_config: ClusterConfig, method: DSFNetC
         branches = {name: value if value is None or name == "weights" else camera_normalise(value, camids)
                     for name, value in branches.items()}
     if method.ddo.enabled:
-        fused = cluster_fused(branches[method.ddo.base], branches["parts"], cluster_config, method.ddo, epoch,
-                              epochs, camids)
+        fused = cluster_fused(branches[method.clustered_branch], branches["parts"], cluster_config, method.ddo,
+                              epoch, epochs, camids)
         pseudo = fused.pseudo
         extra.update(lambda_t=fused.lambda_t, agreement=fused.agreement)
     else:
