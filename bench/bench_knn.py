@@ -5,30 +5,21 @@
 Times `dsfnet.cluster.knn.knn` with each backend on random L2-normalised features of the cpu-imagenet
 clustering feature's size (MobileNetV2's global 1,280 floats; 9,914 Market validation-split and 12,936
 official train images) and says whether both found the same neighbour sets. Run it on idle cores; the winner
-depends on the CPU (printed first): torch was 4.6x ahead on one machine and behind faiss on an AMD EPYC.
+depends on the CPU (printed first): torch was 4.6x ahead on one machine and behind faiss on an AMD EPYC,
+which is why `python -m dsfnet.warmup` measures it per machine for `cluster.knn_backend: auto`.
 `--dim 3840` is DDO's fused feature (global and two stripes).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from dsfnet.cluster.knn import knn
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux): which backend wins depends on it (torch's MKL against faiss's BLAS)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+from dsfnet.cluster.knn_choice import cpu_model
 
 
 def main() -> None:

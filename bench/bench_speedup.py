@@ -6,7 +6,9 @@
 `old`: contiguous memory, PyTorch feature passes and faiss's CPU kNN (`model.memory_format: contiguous`,
 `train.feature_runtime: torch`, `cluster.knn_backend: faiss`); `new`: the defaults (`auto`: channels-last MobileNetV2,
 ONNX Runtime feature passes of 2,048+ images when the onnx extra is installed, torch's matrix-product kNN on the
-CPU). Rows are keyed by their kNN too, so rows of the new path from before the kNN switch are not reused.
+CPU, or faiss's where `python -m dsfnet.warmup` measured it faster on this machine). Rows are keyed by their kNN
+setting and by the backend it searched with, so rows of the new path from before the kNN switch, or from before
+the per-machine choice, are not reused.
 The switchable part of issue 27 only: the earlier speed-ups that are not switches
 (glibc keeping freed memory, feature passes from the image cache, the numba warm-up) are in both paths, so the
 ratio understates the gain over the code before the issue. Everything else is profile cpu-imagenet (ImageNet
@@ -30,6 +32,7 @@ from pathlib import Path
 from bench_ablation import run_one
 from bench_real import PARTS, variant_method
 
+from dsfnet.cluster.knn import resolve_backend
 from dsfnet.data import SyntheticConfig, generate_synthetic, load_dataset
 from dsfnet.inference import resolve_runtime
 from dsfnet.models.backbone import uses_channels_last
@@ -40,6 +43,12 @@ UNNAMED_PARTS = ["finet", "scnet"]
 PATHS = {"old": {"memory_format": "contiguous", "feature_runtime": "torch", "knn_backend": "faiss"},
          "new": {"memory_format": "auto", "feature_runtime": "auto", "knn_backend": "auto"}}
 UNNAMED_KNN = "faiss"  # rows written before rows named their kNN searched with faiss on the CPU
+
+
+def knn_ran(row: dict) -> str:
+    """The backend a row's kNN searched with: stored since the per-machine choice; before it `auto` was torch."""
+    setting = row.get("knn_backend", UNNAMED_KNN)
+    return row.get("knn_ran", "torch" if setting == "auto" else setting)
 
 
 def mean_std(values: list[float]) -> str:
@@ -77,7 +86,9 @@ def main() -> None:
 
     def key(row: dict) -> tuple:
         return (row["dataset"], row["profile"], row["arch"], row["epochs"], row["iters"],
-                row.get("parts", UNNAMED_PARTS), row.get("knn_backend", UNNAMED_KNN), row["seed"], row["path"])
+                row.get("parts", UNNAMED_PARTS), row.get("knn_backend", UNNAMED_KNN), knn_ran(row), row["seed"],
+                row["path"])
+    searches = {path: resolve_backend(PATHS[path]["knn_backend"]) for path in PATHS}  # on this machine, now
     with tempfile.TemporaryDirectory() as tmp:
         data = (load_dataset("folder", args.manifest) if args.manifest else
                 generate_synthetic(tmp, SyntheticConfig(profile=args.synthetic, height=128, width=64), progress=False))
@@ -86,7 +97,7 @@ def main() -> None:
               flush=True)
         for seed in args.seeds:
             for path in args.paths:
-                if any(key(r) == (*mine_key, PATHS[path]["knn_backend"], seed, path) for r in rows):
+                if any(key(r) == (*mine_key, PATHS[path]["knn_backend"], searches[path], seed, path) for r in rows):
                     continue
                 model_config = replace(params.model, memory_format=PATHS[path]["memory_format"])
                 path_config = replace(config, feature_runtime=PATHS[path]["feature_runtime"])
@@ -95,16 +106,19 @@ def main() -> None:
                               settings=settings)
                 ran = {"channels_last": uses_channels_last(model_config),  # what `auto` resolved to here
                        "runtime": resolve_runtime(path_config.feature_runtime, model_config.arch,
-                                                  images=len(data.train))}
+                                                  images=len(data.train)),
+                       "knn_ran": searches[path]}
                 rows.append({**row, "dataset": dataset, "profile": args.profile, "arch": model_config.arch,
                              "epochs": config.epochs, "iters": config.iters, "parts": parts, "path": path,
                              **PATHS[path], **ran})
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(rows, indent=1))
-                print(f"seed {seed} {path} (channels-last {ran['channels_last']}, {ran['runtime']}): "
+                print(f"seed {seed} {path} (channels-last {ran['channels_last']}, {ran['runtime']}, "
+                      f"kNN {ran['knn_ran']}): "
                       f"{row['minutes']:.1f} min training, mAP {row['mAP']:.2f}, "
                       f"rank-1 {row['rank1']:.2f}, evaluation {row['eval_minutes']:.1f} min", flush=True)
-    mine = [r for r in rows if key(r)[:-3] == mine_key and key(r)[-3] == PATHS[r["path"]]["knn_backend"]]
+    mine = [r for r in rows if key(r)[:-4] == mine_key and key(r)[-4:-2] == (PATHS[r["path"]]["knn_backend"],
+                                                                            searches[r["path"]])]
     print("\n| path | seeds | training minutes | evaluation minutes | mAP | rank-1 |\n|---|---|---|---|---|---|")
     minutes = {}
     for path in PATHS:

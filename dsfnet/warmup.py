@@ -1,13 +1,17 @@
-"""Compile the numba kernels ahead: `python -m dsfnet.warmup` (run by `make install`).
+"""Compile the numba kernels ahead and pick this CPU's kNN search: `python -m dsfnet.warmup` (run by `make install`).
 
 numba caches compiled kernels next to their source (`__pycache__`, or NUMBA_CACHE_DIR), so after this a fresh
 clone's first epoch loads the k-reciprocal Jaccard kernels instead of compiling them inside its clock
 (about 20 s on 2 cores), and its first evaluation loads the ranking kernel. The inputs have the dtypes the
 pipeline passes, since numba compiles (and caches) one version per argument type.
+
+It also times faiss's and torch's exact kNN once on this machine (`dsfnet.cluster.knn_choice`, ~5 s) so that
+`cluster.knn_backend: auto` searches with the faster one from then on; `--remeasure` times them again.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -33,6 +37,28 @@ def warm_up() -> dict[str, float]:
     return seconds
 
 
-if __name__ == "__main__":
+def choose_knn_backend(remeasure: bool = False) -> str:
+    """Measure faiss against torch here unless this machine's choice is stored; say what `auto` uses."""
+    from dsfnet.cluster import knn_choice
+
+    record = None if remeasure else knn_choice.stored_choice()
+    verb = "kept"
+    if record is None:
+        record, verb = knn_choice.measure(), "measured"
+    times = ", ".join(f"{name} {s:.2f} s" for name, s in record["seconds"].items())
+    n, dim, k = record["shape"]
+    return (f"kNN backend for cluster.knn_backend auto on this CPU: {record['backend']} ({verb}: {times} for "
+            f"{n} x {dim} floats, k {k}; {knn_choice.choice_path()})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--remeasure", action="store_true", help="time the kNN backends again")
+    args = parser.parse_args(argv)
     timings = warm_up()
     print("numba kernels ready: " + ", ".join(f"{name} {s:.1f} s" for name, s in timings.items()))
+    print(choose_knn_backend(args.remeasure))
+
+
+if __name__ == "__main__":
+    main()

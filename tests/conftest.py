@@ -2,9 +2,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
+
+# the kNN backend `auto` picks on the CPU is measured per machine (`python -m dsfnet.warmup`, stored under
+# DSFNET_CACHE_DIR): tests, and the processes they start, see no measurement, so `auto` is torch for all of them
+os.environ["DSFNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="dsfnet-test-cache-")
 
 import pipeline  # noqa: F401 - its OFFLINE_ENV and warning filters, before any test module imports prefect
 

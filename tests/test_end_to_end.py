@@ -111,6 +111,7 @@ def test_model_is_registered_as_champion_with_lineage(run):
     assert champion.tags["git.commit"] == training_run.data.tags["git.commit"] == head
     assert champion.tags["dvc.data_md5"] == training_run.data.tags["dvc.data_md5"] == data_md5
     assert training_run.data.tags["system.torch"] == torch.__version__
+    assert training_run.data.tags["knn_backend"] == "torch"  # `auto` with no measurement (tests/conftest.py)
     inputs = training_run.inputs.dataset_inputs
     assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic", data_md5[:36])]
     assert register["lineage"]["git.commit"] == head

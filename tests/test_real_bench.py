@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dsfnet.cluster import knn_choice
 from dsfnet.data import load_dataset
 from pipeline.profiles import profile_params
 from tests.project import PROJECT_ROOT
@@ -153,10 +155,12 @@ def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
     assert [(r["path"], r["arch"], r["channels_last"], r["runtime"]) for r in rows] == [
         ("old", "mobilenet_v2", False, "torch"), ("new", "mobilenet_v2", True, "torch")]  # 49 images: no export
     assert [r["knn_backend"] for r in rows] == ["faiss", "auto"]  # the old path keeps faiss's CPU kNN
+    assert [r["knn_ran"] for r in rows] == ["faiss", "torch"]  # `auto` with no measurement here (conftest.py)
     for row in rows:
         assert row["minutes"] > 0 and row["eval_minutes"] > 0 and 0 <= row["mAP"] <= 100
         assert len(row["extract_s_per_epoch"]) == len(row["train_s_per_epoch"]) == 1
-    assert "seed 1 old (channels-last False, torch):" in first.stdout and "new / old training time:" in first.stdout
+    assert "seed 1 old (channels-last False, torch, kNN faiss):" in first.stdout
+    assert "new / old training time:" in first.stdout
     again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert "seed 1" not in again.stdout and len(json.loads(out.read_text())) == 2  # finished rows are skipped
     profile_parts = [p for p in ("finet", "scnet", "ddo") if getattr(profile_params("cpu-default").dsfnet, p).enabled]
@@ -169,6 +173,15 @@ def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
     out.write_text(json.dumps(before_the_knn_switch))
     rerun = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert "seed 1 new" in rerun.stdout and "seed 1 old" not in rerun.stdout  # such a new-path row is not reused
+    # a machine where `python -m dsfnet.warmup` measured faiss faster: `auto` searches with faiss, a new row
+    knn_choice.measure(shape=(64, 8, 4), repeats=1, path=tmp_path / "cache" / knn_choice.CHOICE_FILE)
+    record = json.loads((tmp_path / "cache" / knn_choice.CHOICE_FILE).read_text())
+    (tmp_path / "cache" / knn_choice.CHOICE_FILE).write_text(json.dumps({**record, "backend": "faiss"}))
+    measured = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+                              env={**os.environ, "DSFNET_CACHE_DIR": str(tmp_path / "cache")})
+    assert "seed 1 new (channels-last True, torch, kNN faiss)" in measured.stdout
+    assert "seed 1 old" not in measured.stdout
+    assert json.loads(out.read_text())[-1]["knn_ran"] == "faiss"
 
 
 def test_the_table_gives_the_mean_and_the_sample_std_over_seeds(monkeypatch):

@@ -1,11 +1,11 @@
 """Exact k-nearest-neighbour search by inner product on L2-normalised features.
 
-`auto` uses faiss's GPU index when its GPU build works, and otherwise torch's batched matrix product + top-k
-(on the GPU when there is one). On the CPU, torch's search is the faster exact one: on 2 cores it finds the same
-neighbours as faiss's IndexFlatIP 4.5x sooner (1.48 s against 6.71 s for 9,914 × 1,280 floats, k = 30:
-bench/bench_knn.py), since faiss's CPU flat index reaches ~38 GFLOP/s where one large matrix product
-reaches ~170. faiss-gpu wheels are known to die on CUBLAS assertions (SpCL #31, #43), so the GPU index is
-self-tested in a child process first. Memory stays O(batch·N) beyond the features themselves.
+`auto` uses faiss's GPU index when its GPU build works, torch's batched matrix product + top-k on a GPU
+without it, and on the CPU the backend measured faster on this machine (`knn_choice`: `python -m
+dsfnet.warmup` times both once; torch until then). Which CPU search wins depends on the CPU: torch's (MKL)
+found the same neighbours as faiss's IndexFlatIP 4.5x sooner on one 2-core machine and 1.5x later on an AMD
+EPYC (bench/bench_knn.py). faiss-gpu wheels are known to die on CUBLAS assertions (SpCL #31, #43), so the GPU
+index is self-tested in a child process first. Memory stays O(batch·N) beyond the features themselves.
 """
 
 from __future__ import annotations
@@ -97,9 +97,15 @@ def knn(features: np.ndarray, k: int, backend: str = "auto", batch_size: int = 4
 
 
 def resolve_backend(backend: str) -> str:
-    """What `backend` searches with here: `auto` is faiss where its GPU index works, torch otherwise."""
+    """What `backend` searches with here: `auto` is faiss where its GPU index works, torch on any other GPU,
+    and on the CPU the backend measured faster on this machine (`knn_choice.cpu_backend`)."""
     if backend == "auto":
-        return "faiss" if faiss_gpu_usable() else "torch"
+        if faiss_gpu_usable():
+            return "faiss"
+        if torch.cuda.is_available():
+            return "torch"
+        from dsfnet.cluster.knn_choice import cpu_backend
+        return cpu_backend()
     return backend
 
 

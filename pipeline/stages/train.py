@@ -19,6 +19,7 @@ import pandas as pd
 
 from dsfnet.checkpoint import save_checkpoint
 from dsfnet.cluster import NoClusterError
+from dsfnet.cluster.knn import resolve_backend
 from dsfnet.data import read_manifest
 from dsfnet.distributed import init_from_environment, is_main_process
 from dsfnet.models import build_model
@@ -92,6 +93,7 @@ def epoch_logger(rows: np.ndarray, kept: dict[str, np.ndarray]):
 def start_tracking(params: Params) -> None:
     flat = flatten(params)
     mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": method_tag(params),
+                     "knn_backend": resolve_backend(params.cluster.knn_backend),  # what `auto` means on this machine
                      **lineage.lineage_tags(flat, params.dataset.name, params.dataset.root),
                      **lineage.system_tags(str(resolve_device(params.train.device)))})
     mlflow.log_params(flat)

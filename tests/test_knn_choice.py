@@ -1,0 +1,94 @@
+"""`cluster.knn_backend: auto` on the CPU: the backend measured faster on this machine, stored, then fixed."""
+
+import importlib
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from dsfnet.cluster import knn_choice
+from dsfnet.cluster.dbscan import cluster_features
+from dsfnet.cluster.knn import resolve_backend
+from dsfnet.config import ClusterConfig
+from dsfnet.warmup import main as warmup_main
+from tests.conftest import clustered_features
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSFNET_CACHE_DIR", str(tmp_path))
+    return tmp_path / knn_choice.CHOICE_FILE
+
+
+def store(path, backend, **machine_changes):
+    record = {"backend": backend, "seconds": {"torch": 2.0, "faiss": 1.0}, "shape": [6144, 1280, 30],
+              "machine": {**knn_choice.machine(), **machine_changes}, "measured_at": "2026-12-07T00:00:00Z"}
+    path.write_text(json.dumps(record))
+
+
+def test_without_a_measurement_auto_is_torch_on_the_cpu(cache):
+    assert not cache.exists()
+    assert resolve_backend("auto") == "torch"
+
+
+def test_the_measurement_stores_the_faster_backend_and_auto_follows_it(cache):
+    record = knn_choice.measure(shape=(300, 16, 5), repeats=1)
+    stored = json.loads(cache.read_text())
+    assert stored == record
+    assert set(record["seconds"]) == {"torch", "faiss"}
+    assert record["backend"] == min(record["seconds"], key=record["seconds"].get)
+    assert record["machine"]["cpu"] == knn_choice.cpu_model()
+    assert resolve_backend("auto") == record["backend"]
+    assert resolve_backend("torch") == "torch" and resolve_backend("faiss") == "faiss"  # explicit settings stay
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_a_stored_choice_picks_the_clustering_search(cache, backend, monkeypatch):
+    """The clustering step's searches go to the stored backend, and the labels are those of the explicit one."""
+    knn_module = importlib.import_module("dsfnet.cluster.knn")  # the package re-exports a function `knn`
+    store(cache, backend)
+    used = []
+    real_torch_top_k = knn_module._torch_top_k
+    monkeypatch.setattr(knn_module, "_torch_top_k", lambda *a, **kw: used.append("torch") or real_torch_top_k(*a, **kw))
+    feats, _ = clustered_features(num_ids=12, per_id=8, dim=32, noise=0.6)
+    auto = cluster_features(feats, ClusterConfig(k1=10, k2=3, eps=0.6, min_samples=4, camera_norm=False))
+    assert bool(used) == (backend == "torch")
+    explicit = cluster_features(feats, ClusterConfig(k1=10, k2=3, eps=0.6, min_samples=4, camera_norm=False,
+                                                     knn_backend=backend))
+    np.testing.assert_array_equal(auto.labels, explicit.labels)
+
+
+def test_a_choice_measured_on_another_machine_is_not_used(cache):
+    store(cache, "faiss", cpu="Some Other CPU")
+    assert resolve_backend("auto") == "torch"
+    store(cache, "faiss", threads=knn_choice.machine()["threads"] + 7)  # the winner depends on the thread count too
+    assert resolve_backend("auto") == "torch"
+    store(cache, "faiss")
+    assert resolve_backend("auto") == "faiss"
+
+
+def test_an_unreadable_choice_is_ignored_with_a_warning_naming_the_file(cache, caplog):
+    cache.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="dsfnet.cluster.knn_choice"):
+        assert resolve_backend("auto") == "torch"
+    assert str(cache) in caplog.text and "dsfnet.warmup" in caplog.text
+    cache.write_text(json.dumps({"backend": "annoy"}))
+    assert resolve_backend("auto") == "torch"
+
+
+def test_the_warm_up_measures_once_and_keeps_the_choice(cache, capsys, monkeypatch):
+    monkeypatch.setattr(knn_choice, "PROBE_SHAPE", (300, 16, 5))
+    monkeypatch.setattr(knn_choice.measure, "__defaults__", ((300, 16, 5), 1, None))
+    warmup_main([])
+    first = json.loads(cache.read_text())
+    printed = capsys.readouterr().out
+    assert f"on this CPU: {first['backend']} (measured: " in printed and str(cache) in printed
+    warmup_main([])  # a second install on the same machine keeps the stored choice
+    assert json.loads(cache.read_text()) == first
+    assert f"on this CPU: {first['backend']} (kept: " in capsys.readouterr().out
+    store(cache, "faiss", cpu="Some Other CPU")  # a copied home folder: measured anew for this CPU
+    warmup_main([])
+    assert json.loads(cache.read_text())["machine"] == knn_choice.machine()
+    warmup_main(["--remeasure"])
+    assert "(measured: " in capsys.readouterr().out.splitlines()[-1]
