@@ -94,7 +94,8 @@ imagenet-weights: $(VENV)/.installed
 
 # the official-protocol table on real Market-1501 (research use: the images stay in a folder outside the repo):
 # untrained / baseline / DSFNet as profile cpu-imagenet trains them, on seeds that informed no choice; resumable
-# (finished rows in bench/results/real_market.json are skipped), ~20 min a row on 2 cores. Needs
+# (finished rows in bench/results/real_market.json are skipped), ~20 min a row on 2 cores at 12 epochs
+# (the profile trains 24 since session 19: validation rows took 1.4-2x as long). Needs
 # `make imagenet-weights` once. bench/real/README.md has the validation-split commands that made the choices.
 PROFILE ?= cpu-imagenet
 SEEDS ?= 4 5 6

@@ -5,7 +5,7 @@ clone's first epoch loads the k-reciprocal Jaccard kernels instead of compiling 
 (about 20 s on 2 cores), and its first evaluation loads the ranking kernel. The inputs have the dtypes the
 pipeline passes, since numba compiles (and caches) one version per argument type.
 
-It also times faiss's and torch's exact kNN once on this machine (`dsfnet.cluster.knn_choice`, ~5 s) so that
+It also times faiss's and torch's exact kNN once on this machine (`dsfnet.cluster.knn_choice`, ~8 s) so that
 `cluster.knn_backend: auto` searches with the faster one from then on; `--remeasure` times them again.
 """
 
