@@ -92,3 +92,14 @@ def test_the_warm_up_measures_once_and_keeps_the_choice(cache, capsys, monkeypat
     assert json.loads(cache.read_text())["machine"] == knn_choice.machine()
     warmup_main(["--remeasure"])
     assert "(measured: " in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_an_unwritable_cache_folder_warns_and_auto_stays_on_torch(tmp_path, monkeypatch, caplog):
+    """`make install` on a read-only home: the warm-up still finishes, and says which setting to use instead."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("DSFNET_CACHE_DIR", str(blocked))
+    with caplog.at_level(logging.WARNING, logger="dsfnet.cluster.knn_choice"):
+        record = knn_choice.measure(shape=(200, 8, 4), repeats=1)
+    assert f"cluster.knn_backend to {record['backend']}" in caplog.text and str(blocked) in caplog.text
+    assert resolve_backend("auto") == "torch"

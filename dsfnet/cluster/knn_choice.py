@@ -77,7 +77,11 @@ def measure(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 2, path: P
     record = {"backend": min(seconds, key=seconds.get), "seconds": seconds, "shape": list(shape),
               "machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = path or choice_path()
-    write_text(path, json.dumps(record, indent=2) + "\n")
+    try:
+        write_text(path, json.dumps(record, indent=2) + "\n")
+    except OSError as error:  # a read-only home must not fail `make install`: `auto` then stays on torch
+        log.warning("could not store the kNN backend measured here in %s (%s); set DSFNET_CACHE_DIR to a writable "
+                    "folder, or cluster.knn_backend to %s", path, error, record["backend"])
     _read.cache_clear()
     return record
 
