@@ -174,9 +174,10 @@ def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
     rerun = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert "seed 1 new" in rerun.stdout and "seed 1 old" not in rerun.stdout  # such a new-path row is not reused
     # a machine where `python -m dsfnet.warmup` measured faiss faster: `auto` searches with faiss, a new row
-    knn_choice.measure(shape=(64, 8, 4), repeats=1, path=tmp_path / "cache" / knn_choice.CHOICE_FILE)
-    record = json.loads((tmp_path / "cache" / knn_choice.CHOICE_FILE).read_text())
-    (tmp_path / "cache" / knn_choice.CHOICE_FILE).write_text(json.dumps({**record, "backend": "faiss"}))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / knn_choice.CHOICE_FILE).write_text(json.dumps(
+        {"backend": "faiss", "seconds": {"torch": 2.0, "faiss": 1.0}, "shape": [64, 8, 4],
+         "machine": knn_choice.machine(), "measured_at": "2026-12-07T00:00:00Z"}))
     measured = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
                               env={**os.environ, "DSFNET_CACHE_DIR": str(tmp_path / "cache")})
     assert "seed 1 new (channels-last True, torch, kNN faiss)" in measured.stdout

@@ -34,6 +34,7 @@ UNMEASURED_DEFAULT = "torch"
 PROBE_SHAPE = (9914, 1280, 30)
 
 
+@functools.cache  # `auto` is resolved at every search: read /proc/cpuinfo once per process
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo; else what `platform` knows)."""
     try:
