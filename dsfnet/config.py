@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 LAMBDA_MODES = ("schedule", "agreement")
 DDO_BASES = ("fused", "global")
+DDO_PART_PAIRS = ("all", "same_camera")  # dsfnet.ddo.part_pairs
 LINKAGES = ("complete", "average")  # SCNet's secondary clustering; single linkage would chain like DBSCAN
 KNN_BACKENDS = ("auto", "faiss", "torch")
 SECONDARY = ("hard", "camera")  # SCNet's sub-clusters: hard-sample groups (linkage) | one per camera (views)
@@ -187,8 +188,14 @@ class DDOConfig:
     lambda_end: float = 0.2
     lambda_max: float = 0.5  # agreement mode: λ_t = lambda_max × global/part kNN agreement
     base: str = "fused"  # the feature of the first term (and of SCNet's sub-clusters): fused (FINet's z) | global
+    # which pairs the part term judges: all (the paper's reading) | same_camera (ours: pairs across cameras keep
+    # the first term's distance, because a stripe's neighbours are mostly its own camera's images and mixing in
+    # the part term pushes the cross-camera pairs retrieval is scored on over eps; needs the cameras)
+    part_pairs: str = "all"
 
     def check(self) -> None:
+        if self.part_pairs not in DDO_PART_PAIRS:
+            raise ValueError(f"dsfnet.ddo.part_pairs must be one of {DDO_PART_PAIRS}, got {self.part_pairs!r}")
         if self.base not in DDO_BASES:
             raise ValueError(f"dsfnet.ddo.base must be one of {DDO_BASES}, got {self.base!r}")
         if self.lambda_mode not in LAMBDA_MODES:

@@ -429,6 +429,44 @@ def test_ddo_base_global_clusters_on_the_global_feature_and_scnet_follows_it(mak
         DDOConfig(base="parts").check()
 
 
+def test_ddo_same_camera_part_pairs_leave_cross_camera_pairs_to_the_first_term(make_clustered):
+    """`ddo.part_pairs: same_camera`: the mixed distance within a camera, the first term's across cameras."""
+    from dsfnet.cluster import ClusterConfig
+    from dsfnet.cluster.ddo import cluster_fused, fuse_distances, same_camera_only
+    from dsfnet.cluster.jaccard import jaccard_distance
+
+    fused, _ = make_clustered(num_ids=6, per_id=6, dim=16, noise=0.4)
+    rng = np.random.default_rng(3)
+    camids = np.tile(np.arange(3), 12)
+    # camera-bound stripes: each part is mostly its camera's direction, so its neighbours share the camera
+    camera_axes = rng.normal(size=(3, 16))
+    parts = np.stack([fused + 2.0 * camera_axes[camids] + 0.2 * rng.normal(size=fused.shape) for _ in range(2)], 1)
+    parts /= np.linalg.norm(parts, axis=-1, keepdims=True)
+    first = jaccard_distance(fused, 8, 3)
+    mixed = fuse_distances([first] + [jaccard_distance(parts[:, p], 8, 3) for p in range(2)], [0.6, 0.2, 0.2])
+    got = same_camera_only(mixed, first, camids).toarray()
+    dense_first, dense_mixed = (np.ones(got.shape), np.ones(got.shape))  # absent entries mean distance 1
+    dense_first[first.nonzero()] = first[first.nonzero()].A1
+    dense_mixed[mixed.nonzero()] = mixed[mixed.nonzero()].A1
+    got[got == 0] = 1.0  # absent in the sparse result: distance 1 (no pair here is at distance exactly 0)
+    np.fill_diagonal(dense_first, 0.0), np.fill_diagonal(dense_mixed, 0.0), np.fill_diagonal(got, 0.0)
+    same = camids[:, None] == camids[None, :]
+    expected = np.where(same, dense_mixed, dense_first)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert not np.allclose(dense_mixed[~same], dense_first[~same])  # the part term did move cross-camera pairs
+
+    cluster = ClusterConfig(k1=8, k2=3, eps=0.6, min_samples=2, camera_norm=False)
+    ddo = DDOConfig(lambda_mode="schedule", lambda_start=0.4, lambda_end=0.4, part_pairs="same_camera")
+    result = cluster_fused(fused, parts, cluster, ddo, 0, 2, camids)
+    from dsfnet.cluster.dbscan import dbscan_labels, within
+    reference = dbscan_labels(within(same_camera_only(mixed, first, camids), 0.6), 0.6, 2)
+    np.testing.assert_array_equal(result.pseudo.labels, reference)
+    with pytest.raises(ValueError, match="same_camera needs the camera"):
+        cluster_fused(fused, parts, cluster, ddo, 0, 2)
+    with pytest.raises(ValueError, match="dsfnet.ddo.part_pairs"):
+        DDOConfig(part_pairs="cross_camera").check()
+
+
 def test_pairwise_precision_and_recall_count_pairs():
     rng = np.random.default_rng(0)
     labels = rng.integers(-1, 4, size=40)

@@ -230,3 +230,39 @@ def test_an_untrained_row_is_evaluated_once_per_distinct_weights(monkeypatch):
     assert len(evaluated) == 1  # seed 5 found seed 4's weights
     assert seed5 == {**seed4, "seed": 5, "same_weights_as_seed": 4}
     assert bench_real.weights_digest(fixed_weights(None)) == seed4["weights_sha256"]
+
+
+def test_cluster_probe_scores_the_profiles_ddo_part_pairs_on_one_checkpoint(tmp_path):
+    """cluster_probe.py --ddo-part-pairs: one row per part_pairs and one with DDO off, on the checkpoint's features."""
+    import numpy as np
+    import torch
+
+    from dsfnet.cluster.dbscan import camera_normalise, cluster_features
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+    from dsfnet.features import extract_branches
+    from dsfnet.models import build_model
+
+    generate_synthetic(tmp_path / "market", SyntheticConfig(profile="tiny", height=64, width=32), progress=False)
+    manifest = tmp_path / "val.csv"
+    subprocess.run([sys.executable, "bench/real/market_split.py", "--root", str(tmp_path / "market"), "--out",
+                    str(manifest), "--val-ids", "4"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    params = profile_params("cpu-default")
+    assert params.dsfnet.ddo.enabled
+    torch.manual_seed(0)
+    model = build_model(params.model, params.dsfnet)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    done = subprocess.run([sys.executable, "bench/real/cluster_probe.py", "--manifest", str(manifest), "--profile",
+                           "cpu-default", "--checkpoint", str(tmp_path / "model.pt"), "--ddo-part-pairs", "all",
+                           "same_camera"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    rows = {line.split("  ")[0].strip(): line.split() for line in done.stdout.splitlines()
+            if line.strip().startswith("DDO")}
+    assert list(rows) == ["DDO part_pairs all", "DDO part_pairs same_camera", "DDO off"]
+    # DDO off is the baseline's clustering of the camera-normalised global feature: recomputed here
+    data = load_dataset("folder", manifest)
+    camids = np.array([r.camid for r in data.train])
+    branches = extract_branches(model, data.train, params.train.height, params.train.width, progress=False)
+    expected = cluster_features(camera_normalise(branches["global"], camids), params.cluster, camids).labels
+    assert rows["DDO off"][2:4] == [str(expected.max() + 1), str((expected < 0).sum())]
+    refused = subprocess.run([sys.executable, "bench/real/cluster_probe.py", "--manifest", str(manifest),
+                              "--ddo-part-pairs", "all"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "needs --profile" in refused.stderr

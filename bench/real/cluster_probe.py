@@ -3,9 +3,14 @@ settings and score them against the manifest's (monitoring-only) train ids, with
 
     python bench/real/cluster_probe.py --manifest DIR/cuhk03.csv [--eps 0.4 0.5 0.6] [--k1 20 30] [--size 128x64]
                                        [--checkpoint model.pt]
+    python bench/real/cluster_probe.py --manifest DIR/market_val.csv --profile cpu-imagenet \
+                                       --checkpoint DIR/imagenet-full-seed4.pt --ddo-part-pairs all same_camera
 
 The first epoch's labels decide what the network learns first; on real images they are the cheapest place
 to choose `cluster.eps`, `cluster.k1` and `cluster.camera_norm` (a grid here costs one feature pass).
+With `--profile` and `--ddo-part-pairs`, the profile's own clustering (the trainer's `pseudo_labels`: DDO's
+fused distance, SCNet's proxies) is scored on the checkpoint's features for each `dsfnet.ddo.part_pairs`,
+next to the same clustering with DDO off: what DDO's part term does to the labels of one trained network.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from dsfnet.cluster.knn import camera_penalised_knn
 from dsfnet.cluster.scnet import secondary_clustering
 from dsfnet.config import DSFNetConfig, ModelConfig
 from dsfnet.data import load_dataset
-from dsfnet.features import extract_features
+from dsfnet.features import extract_branches, extract_features
 from dsfnet.label_stats import cross_camera_pair_quality, label_quality, multi_camera_share
 from dsfnet.models import build_model
+from dsfnet.trainer import pseudo_labels
+from pipeline.profiles import profile_params
 
 
 def row(labels: np.ndarray, truth: np.ndarray, camids: np.ndarray) -> str:
@@ -59,7 +66,15 @@ def main() -> None:
                         help="lower same-camera similarities by this much before the k-reciprocal search")
     parser.add_argument("--sub-distances", type=float, nargs="*", default=[],
                         help="also score SCNet's split of each clustering at these sub_distance values")
+    parser.add_argument("--profile", help="with --ddo-part-pairs: the network and clustering of profiles/<name>.yaml")
+    parser.add_argument("--ddo-part-pairs", nargs="+", choices=["all", "same_camera"],
+                        help="score the profile's clustering with each dsfnet.ddo.part_pairs (and with DDO off)")
     args = parser.parse_args()
+    if args.ddo_part_pairs:
+        if not args.profile:
+            raise SystemExit("--ddo-part-pairs needs --profile (the network and clustering to score)")
+        probe_ddo(args)
+        return
     height, width = (int(v) for v in args.size.lower().split("x"))
     data = load_dataset("folder", args.manifest)
     settings = DSFNetConfig.baseline() if args.variant == "baseline" else DSFNetConfig()
@@ -82,6 +97,33 @@ def main() -> None:
             for sub_distance in args.sub_distances:
                 split = secondary_clustering(x, labels, sub_distance, min_size=4).assignment
                 print(f"{'  SCNet':>7} {sub_distance:>4.2f} {'':>9} {row(split, truth, camids)}", flush=True)
+
+
+def probe_ddo(args: argparse.Namespace) -> None:
+    """The profile's pseudo-labels on one network's train branches, per `ddo.part_pairs` and with DDO off."""
+    params = profile_params(args.profile)
+    method, cluster, train = params.dsfnet, params.cluster, params.train
+    if not method.ddo.enabled:
+        raise SystemExit(f"--ddo-part-pairs: profile {args.profile} has dsfnet.ddo.enabled false")
+    data = load_dataset("folder", args.manifest)
+    model = build_model(params.model, method)
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+    start = time.perf_counter()
+    branches = extract_branches(model, data.train, train.height, train.width, progress=False)
+    print(f"{len(data.train)} train images, branches in {time.perf_counter() - start:.0f} s; profile "
+          f"{args.profile}: eps {cluster.eps}, k1 {cluster.k1}, camera_norm {cluster.camera_norm}")
+    truth = np.array([r.pid for r in data.train])
+    camids = np.array([r.camid for r in data.train])
+    print(f"{'clustering':<27} {'clusters':>8} {'outliers':>8} {'purity':>6} {'precision':>9} {'recall':>6} "
+          f"{'F1':>5} {'multicam':>8} {'largest':>7} {'x-cam P':>6} {'x-cam R':>6}")
+    variants = {f"DDO part_pairs {pairs}": replace(method, ddo=replace(method.ddo, part_pairs=pairs))
+                for pairs in args.ddo_part_pairs}
+    variants["DDO off"] = replace(method, ddo=replace(method.ddo, enabled=False))
+    for name, settings in variants.items():
+        labels = pseudo_labels(branches, cluster, settings, train.epochs - 1, train.epochs, camids)
+        extra = f" (lambda_t {labels.extra['lambda_t']:.3f})" if "lambda_t" in labels.extra else ""
+        print(f"{name:<27} {row(labels.labels, truth, camids)}{extra}", flush=True)
 
 
 if __name__ == "__main__":

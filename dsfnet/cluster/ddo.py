@@ -2,7 +2,8 @@
 
 Feature fusion: the clustered feature is FINet's integrated one. Distance fusion: the Jaccard distance
 is (1 − λ_t)·D_fused + λ_t·mean_p D_part, with λ_t scheduled over epochs or set by how much the fused
-and the part neighbourhoods agree. See docs/method.md.
+and the part neighbourhoods agree; `part_pairs: same_camera` keeps the part term to pairs from one camera.
+See docs/method.md.
 """
 
 from __future__ import annotations
@@ -42,6 +43,27 @@ def fuse_distances(distances: Sequence[sp.spmatrix], weights: Sequence[float]) -
         total = similarity if total is None else total + similarity
     total.data = 1.0 - total.data  # explicit zeros of the sum stay stored: DBSCAN sees them as distance 1
     return total.tocsr()
+
+
+def same_camera_only(mixed: sp.spmatrix, first: sp.spmatrix, camids: np.ndarray) -> sp.csr_matrix:
+    """`mixed` for pairs of one camera, `first` (the part-free distance) for pairs across cameras.
+
+    Both are sparse distances whose absent entries mean 1, mixed as similarities like fuse_distances:
+    S = S_first + [same camera]·(S_mixed − S_first).
+    """
+    camids = np.asarray(camids)
+    if camids.shape != (mixed.shape[0],):
+        raise ValueError(f"need one camera per sample: {mixed.shape[0]} samples, camids of shape {camids.shape}")
+    similarity = {}
+    for name, distance in (("mixed", mixed), ("first", first)):
+        similarity[name] = sp.csr_matrix(distance, dtype=np.float64, copy=True)
+        similarity[name].data = 1.0 - similarity[name].data
+    change = (similarity["mixed"] - similarity["first"]).tocoo()
+    keep = camids[change.row] == camids[change.col]
+    change = sp.csr_matrix((change.data[keep], (change.row[keep], change.col[keep])), shape=change.shape)
+    total = (similarity["first"] + change).tocsr()
+    total.data = 1.0 - total.data
+    return total
 
 
 def neighbourhood_agreement(first: np.ndarray, second: np.ndarray) -> float:
@@ -86,6 +108,10 @@ def cluster_fused(fused: np.ndarray, parts: np.ndarray, config: ClusterConfig, d
                                                                                             strict=True)]
     num_parts = len(branches) - 1
     distance = fuse_distances(distances, [1.0 - lambda_t] + [lambda_t / num_parts] * num_parts)
+    if ddo.part_pairs == "same_camera":
+        if camids is None:
+            raise ValueError("dsfnet.ddo.part_pairs: same_camera needs the camera of every sample")
+        distance = same_camera_only(distance, distances[0], camids)
     jaccard_s = time.perf_counter() - start
     start = time.perf_counter()
     labels = dbscan_labels(within(distance, config.eps), config.eps, config.min_samples)
