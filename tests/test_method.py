@@ -432,6 +432,7 @@ def test_ddo_base_global_clusters_on_the_global_feature_and_scnet_follows_it(mak
 def test_ddo_same_camera_part_pairs_leave_cross_camera_pairs_to_the_first_term(make_clustered):
     """`ddo.part_pairs: same_camera`: the mixed distance within a camera, the first term's across cameras."""
     from dsfnet.cluster import ClusterConfig
+    from dsfnet.cluster.dbscan import dbscan_labels, within
     from dsfnet.cluster.ddo import cluster_fused, fuse_distances, same_camera_only
     from dsfnet.cluster.jaccard import jaccard_distance
 
@@ -458,7 +459,6 @@ def test_ddo_same_camera_part_pairs_leave_cross_camera_pairs_to_the_first_term(m
     cluster = ClusterConfig(k1=8, k2=3, eps=0.6, min_samples=2, camera_norm=False)
     ddo = DDOConfig(lambda_mode="schedule", lambda_start=0.4, lambda_end=0.4, part_pairs="same_camera")
     result = cluster_fused(fused, parts, cluster, ddo, 0, 2, camids)
-    from dsfnet.cluster.dbscan import dbscan_labels, within
     reference = dbscan_labels(within(same_camera_only(mixed, first, camids), 0.6), 0.6, 2)
     np.testing.assert_array_equal(result.pseudo.labels, reference)
     with pytest.raises(ValueError, match="same_camera needs the camera"):

@@ -27,6 +27,14 @@ from dsfnet.cluster.jaccard import check_features, jaccard_distance
 from dsfnet.config import DDOConfig
 
 
+def _similarity(distance: sp.spmatrix, weight: float = 1.0) -> sp.csr_matrix:
+    """w·(1 − D) on D's stored entries: a sparse distance whose absent entries mean 1 becomes a similarity whose
+    absent entries mean 0, so sparse distances can be mixed by adding."""
+    similarity = sp.csr_matrix(distance, dtype=np.float64, copy=True)
+    similarity.data = weight * (1.0 - similarity.data)
+    return similarity
+
+
 def fuse_distances(distances: Sequence[sp.spmatrix], weights: Sequence[float]) -> sp.csr_matrix:
     """Σ_i w_i·D_i for sparse distances whose absent entries mean 1 (weights summing to 1).
 
@@ -38,8 +46,7 @@ def fuse_distances(distances: Sequence[sp.spmatrix], weights: Sequence[float]) -
         raise ValueError(f"distance weights must sum to 1, got {list(weights)}")
     total = None
     for distance, weight in zip(distances, weights, strict=True):
-        similarity = sp.csr_matrix(distance, dtype=np.float64, copy=True)
-        similarity.data = weight * (1.0 - similarity.data)
+        similarity = _similarity(distance, weight)
         total = similarity if total is None else total + similarity
     total.data = 1.0 - total.data  # explicit zeros of the sum stay stored: DBSCAN sees them as distance 1
     return total.tocsr()
@@ -54,14 +61,11 @@ def same_camera_only(mixed: sp.spmatrix, first: sp.spmatrix, camids: np.ndarray)
     camids = np.asarray(camids)
     if camids.shape != (mixed.shape[0],):
         raise ValueError(f"need one camera per sample: {mixed.shape[0]} samples, camids of shape {camids.shape}")
-    similarity = {}
-    for name, distance in (("mixed", mixed), ("first", first)):
-        similarity[name] = sp.csr_matrix(distance, dtype=np.float64, copy=True)
-        similarity[name].data = 1.0 - similarity[name].data
-    change = (similarity["mixed"] - similarity["first"]).tocoo()
+    base = _similarity(first)
+    change = (_similarity(mixed) - base).tocoo()
     keep = camids[change.row] == camids[change.col]
     change = sp.csr_matrix((change.data[keep], (change.row[keep], change.col[keep])), shape=change.shape)
-    total = (similarity["first"] + change).tocsr()
+    total = (base + change).tocsr()
     total.data = 1.0 - total.data
     return total
 
