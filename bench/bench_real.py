@@ -223,7 +223,8 @@ def main() -> None:
                                save_to=args.save_models and args.save_models / f"{init}-{variant}-seed{seed}.pt"))
                 rows.append({**row, "init": init, "settings": settings, "dataset": dataset,
                              "protocol": args.protocol, "profile": args.profile, "memory_format": memory_format,
-                             "knn_backend": resolve_backend(cluster.knn_backend)})  # rows before it: faiss
+                             # the clustering's search; rows before it: faiss
+                             "knn_backend": resolve_backend(cluster.knn_backend, self_search=True)})
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{init:>8} {variant:>11} seed {seed}: mAP {row['mAP']:.2f} rank-1 {row['rank1']:.2f} "
                       f"purity {row['purity']:.3f} ({row['minutes']:.1f} min"

@@ -89,7 +89,8 @@ def main() -> None:
         return (row["dataset"], row["profile"], row["arch"], row["epochs"], row["iters"],
                 row.get("parts", UNNAMED_PARTS), row.get("knn_backend", UNNAMED_KNN), knn_ran(row), row["seed"],
                 row["path"])
-    searches = {path: resolve_backend(PATHS[path]["knn_backend"]) for path in PATHS}  # on this machine, now
+    # the clustering's search on this machine, now
+    searches = {path: resolve_backend(PATHS[path]["knn_backend"], self_search=True) for path in PATHS}
     with tempfile.TemporaryDirectory() as tmp:
         data = (load_dataset("folder", args.manifest) if args.manifest else
                 generate_synthetic(tmp, SyntheticConfig(profile=args.synthetic, height=128, width=64), progress=False))

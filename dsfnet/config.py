@@ -13,7 +13,7 @@ LAMBDA_MODES = ("schedule", "agreement")
 DDO_BASES = ("fused", "global")
 DDO_PART_PAIRS = ("all", "same_camera")  # dsfnet.ddo.part_pairs
 LINKAGES = ("complete", "average")  # SCNet's secondary clustering; single linkage would chain like DBSCAN
-KNN_BACKENDS = ("auto", "faiss", "torch")
+KNN_BACKENDS = ("auto", "faiss", "torch", "symmetric")
 SECONDARY = ("hard", "camera")  # SCNet's sub-clusters: hard-sample groups (linkage) | one per camera (views)
 POSITIVES = ("own", "hardest", "all")
 

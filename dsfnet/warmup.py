@@ -5,8 +5,8 @@ clone's first epoch loads the k-reciprocal Jaccard kernels instead of compiling 
 (about 20 s on 2 cores), and its first evaluation loads the ranking kernel. The inputs have the dtypes the
 pipeline passes, since numba compiles (and caches) one version per argument type.
 
-It also times faiss's and torch's exact kNN once on this machine (`dsfnet.cluster.knn_choice`, ~8 s) so that
-`cluster.knn_backend: auto` searches with the faster one from then on; `--remeasure` times them again.
+It also times faiss's, torch's and the symmetric exact kNN once on this machine (`dsfnet.cluster.knn_choice`,
+~10 s) so that `cluster.knn_backend: auto` searches with the fastest from then on; `--remeasure` times them again.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def choose_knn_backend(remeasure: bool = False) -> str:
         record, verb = knn_choice.measure(), "measured"
     times = ", ".join(f"{name} {s:.2f} s" for name, s in record["seconds"].items())
     n, dim, k = record["shape"]
-    return (f"kNN backend for cluster.knn_backend auto on this CPU: {record['backend']} ({verb}: {times} for "
-            f"{n} x {dim} floats, k {k}; {knn_choice.choice_path()})")
+    return (f"kNN backend for cluster.knn_backend auto on this CPU: {record['backend']}, and for a set against "
+            f"itself (the clustering's search) {record['self_search']} ({verb}: {times} for {n} x {dim} floats, "
+            f"k {k}; {knn_choice.choice_path()})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,6 +69,6 @@ def test_empty_section_and_wrong_shape_are_named():
 def test_out_of_range_method_setting_is_a_params_error():
     with pytest.raises(ParamsError, match=r"dsfnet\.finet\.num_parts must be 2 or 3, got 4"):
         params_from_dict({"dsfnet": {"finet": {"num_parts": 4}}})
-    with pytest.raises(ParamsError, match=r"cluster\.knn_backend must be one of \['auto', 'faiss', 'torch'\], "
-                                          r"got 'annoy'"):
+    with pytest.raises(ParamsError, match=r"cluster\.knn_backend must be one of \['auto', 'faiss', 'torch', "
+                                          r"'symmetric'\], got 'annoy'"):
         params_from_dict({"cluster": {"knn_backend": "annoy"}})

@@ -14,6 +14,7 @@ import functools
 import logging
 import subprocess
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -87,25 +88,102 @@ def _torch_top_k(base: np.ndarray, queries: np.ndarray, k: int, batch_size: int)
     return sims, neighbours
 
 
+SYMMETRIC_BLOCK_ROWS = 2048  # a block pair's product is 16 MiB per feature block: cache-friendly, BLAS-efficient
+
+
+class _RunningTopK:
+    """Each row's k best (similarity, index) so far, merged block by block: faiss's heaps where faiss is
+    installed (a compare per candidate, ~3x torch.topk on this work), else torch.topk merges."""
+
+    def __init__(self, n: int, k: int):
+        self.k = k
+        self.values = np.full((n, k), -np.inf, dtype=np.float32)
+        self.indices = np.full((n, k), -1, dtype=np.int64)
+        self.heaps = None
+        if faiss is not None:
+            self.heaps = faiss.float_minheap_array_t()  # a min-heap per row keeps the k largest
+            self.heaps.nh, self.heaps.k = n, k
+            self.heaps.val, self.heaps.ids = faiss.swig_ptr(self.values), faiss.swig_ptr(self.indices)
+            self.heaps.heapify()
+
+    def add(self, rows: slice, sims: np.ndarray, first_column: int) -> None:
+        """Offer rows `rows` the candidates sims (C-contiguous float32, columns first_column...)."""
+        if self.heaps is not None:
+            self.heaps.addn(sims.shape[1], faiss.swig_ptr(sims), first_column, rows.start, sims.shape[0])
+            return
+        found = torch.topk(torch.from_numpy(sims), min(self.k, sims.shape[1]), dim=1)
+        values = torch.cat([torch.from_numpy(self.values[rows]), found.values], dim=1)
+        indices = torch.cat([torch.from_numpy(self.indices[rows]), found.indices + first_column], dim=1)
+        best = torch.topk(values, self.k, dim=1)
+        self.values[rows], self.indices[rows] = best.values.numpy(), torch.gather(indices, 1, best.indices).numpy()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.heaps is not None:
+            self.heaps.reorder()  # heap order → best first
+            self.heaps = None
+        return self.values, self.indices
+
+
+def symmetric_knn(blocks: Sequence[np.ndarray], k: int, mix: np.ndarray | None = None,
+                  block_rows: int = SYMMETRIC_BLOCK_ROWS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`knn` of every feature set in `blocks` (each (N, D_b), same N) from half of each similarity matrix.
+
+    A self-search's similarity matrix is symmetric, so each block pair (I, J ≥ I) is multiplied once (numpy's
+    BLAS) and serves rows I and, transposed, rows J: half the products of a query-by-query search. With `mix`
+    (N, B) the list ends with one more result, the neighbours by Σ_b mix[i, b]·mix[j, b]·S_b(i, j) — the inner
+    product of the concatenation [mix[:, b]·x_b], found from the blocks' products without a search of its
+    own (DDO's fused feature is such a concatenation of its branches, see dsfnet/cluster/ddo.py).
+    """
+    blocks = [np.ascontiguousarray(x, dtype=np.float32) for x in blocks]
+    n = len(blocks[0]) if blocks else 0
+    if not blocks or any(x.ndim != 2 or len(x) != n for x in blocks):
+        shapes = [x.shape for x in blocks]
+        raise ValueError(f"need one or more (N, D) feature blocks with the same N, got shapes {shapes}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, N={n}], got {k}")
+    if mix is not None:
+        mix = np.asarray(mix, dtype=np.float32)
+        if mix.shape != (n, len(blocks)):
+            raise ValueError(f"mix must have shape (N, blocks) = ({n}, {len(blocks)}), got {mix.shape}")
+    found = [_RunningTopK(n, k) for _ in range(len(blocks) + (mix is not None))]
+    for i in range(0, n, block_rows):
+        rows = slice(i, min(i + block_rows, n))
+        for j in range(i, n, block_rows):
+            columns = slice(j, min(j + block_rows, n))
+            sims = [x[rows] @ x[columns].T for x in blocks]
+            if mix is not None:
+                sims.append(sum(np.outer(mix[rows, b], mix[columns, b]) * s for b, s in enumerate(sims)))
+            for running, block in zip(found, sims, strict=True):
+                running.add(rows, block, j)
+                if j != i:  # torch transposes a block ~2x faster than numpy
+                    running.add(columns, torch.from_numpy(block).T.contiguous().numpy(), i)
+    return [running.result() for running in found]
+
+
 def knn(features: np.ndarray, k: int, backend: str = "auto", batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, indices), both (N, k): each row's k most similar rows, itself included, best first."""
     features = np.ascontiguousarray(features, dtype=np.float32)
     n = features.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, N={n}], got {k}")
+    if resolve_backend(backend, self_search=True) == "symmetric":
+        return symmetric_knn([features], k)[0]
     return top_k(features, features, k, backend, batch_size)
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, self_search: bool = False) -> str:
     """What `backend` searches with here: `auto` is faiss where its GPU index works, torch on any other GPU,
-    and on the CPU the backend measured faster on this machine (`knn_choice.cpu_backend`)."""
+    and on the CPU the backend measured faster on this machine (`knn_choice`); `symmetric` searches a set
+    against itself only, so a search of queries against another base takes the measured one of faiss/torch."""
     if backend == "auto":
         if faiss_gpu_usable():
             return "faiss"
         if torch.cuda.is_available():
             return "torch"
-        from dsfnet.cluster.knn_choice import cpu_backend
-        return cpu_backend()
+        from dsfnet.cluster.knn_choice import cpu_backend, cpu_self_search
+        return cpu_self_search() if self_search else cpu_backend()
+    if backend == "symmetric" and not self_search:
+        return resolve_backend("auto")
     return backend
 
 
@@ -135,7 +213,7 @@ def top_k(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto",
         return sims, neighbours.astype(np.int64)
     if backend == "torch":
         return _torch_top_k(base, queries, k, batch_size)
-    raise ValueError(f"unknown kNN backend {backend!r}; use 'auto', 'faiss' or 'torch'")
+    raise ValueError(f"unknown kNN backend {backend!r}; use 'auto', 'faiss', 'torch' or 'symmetric'")
 
 
 def camera_penalised_knn(features: np.ndarray, k: int, camids: np.ndarray, penalty: float,

@@ -93,7 +93,8 @@ def epoch_logger(rows: np.ndarray, kept: dict[str, np.ndarray]):
 def start_tracking(params: Params) -> None:
     flat = flatten(params)
     mlflow.set_tags({"dataset": params.dataset.name, "stage": "train", "method": method_tag(params),
-                     "knn_backend": resolve_backend(params.cluster.knn_backend),  # what `auto` means on this machine
+                     # what `auto` means here for the clustering's search
+                     "knn_backend": resolve_backend(params.cluster.knn_backend, self_search=True),
                      **lineage.lineage_tags(flat, params.dataset.name, params.dataset.root),
                      **lineage.system_tags(str(resolve_device(params.train.device)))})
     mlflow.log_params(flat)
