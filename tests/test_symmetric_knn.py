@@ -51,6 +51,10 @@ def test_every_block_and_the_mix_equal_a_brute_force_search(with_faiss, monkeypa
         assert_same_neighbours(got, brute_force(x, 40))
     for got in found[:3]:  # unit features: each row's best neighbour is itself
         np.testing.assert_array_equal(got[1][:, 0], np.arange(203))
+    only = knn_module.symmetric_knn(blocks, 40, mix=mix, block_rows=37, mix_only=[0])  # block 0 serves the mix
+    assert len(only) == 3
+    for got, want in zip(only, found[1:], strict=True):
+        np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_the_knn_backend_setting_reaches_the_symmetric_search(make_clustered, monkeypatch):
@@ -80,6 +84,8 @@ def test_bad_blocks_are_refused_by_name():
         knn_module.symmetric_knn([unit(rng, 10, 4), unit(rng, 9, 4)], 3)
     with pytest.raises(ValueError, match="mix must have shape"):
         knn_module.symmetric_knn([unit(rng, 10, 4)], 3, mix=np.ones((10, 2)))
+    with pytest.raises(ValueError, match="there is no mix"):
+        knn_module.symmetric_knn([unit(rng, 10, 4)], 3, mix_only=[0])
     with pytest.raises(ValueError, match=r"k must be in \[1, N=10\]"):
         knn_module.symmetric_knn([unit(rng, 10, 4)], 11)
 

@@ -107,8 +107,8 @@ def branch_neighbours(branches: Sequence[np.ndarray], config: ClusterConfig,
     if concatenation is None:
         return symmetric_knn(branches, config.k1)
     blocks, scales = concatenation
-    found = symmetric_knn(blocks, config.k1, mix=scales)
-    return [found[-1], *found[1:-1]]
+    found = symmetric_knn(blocks, config.k1, mix=scales, mix_only=[0])  # the global block: no list of its own
+    return [found[-1], *found[:-1]]
 
 
 def neighbourhood_agreement(first: np.ndarray, second: np.ndarray) -> float:

@@ -124,15 +124,25 @@ class _RunningTopK:
         return self.values, self.indices
 
 
+def _mixed(sims: Sequence[np.ndarray], row_scales: np.ndarray, column_scales: np.ndarray) -> np.ndarray:
+    """Σ_b row_scales[i, b]·column_scales[j, b]·sims[b][i, j], in place after the first term."""
+    total = sims[0] * row_scales[:, :1] * column_scales[:, 0]
+    for b, block in enumerate(sims[1:], start=1):
+        total += block * row_scales[:, b : b + 1] * column_scales[:, b]
+    return total
+
+
 def symmetric_knn(blocks: Sequence[np.ndarray], k: int, mix: np.ndarray | None = None,
-                  block_rows: int = SYMMETRIC_BLOCK_ROWS) -> list[tuple[np.ndarray, np.ndarray]]:
+                  block_rows: int = SYMMETRIC_BLOCK_ROWS, mix_only: Sequence[int] = ()
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
     """`knn` of every feature set in `blocks` (each (N, D_b), same N) from half of each similarity matrix.
 
     A self-search's similarity matrix is symmetric, so each block pair (I, J ≥ I) is multiplied once (numpy's
     BLAS) and serves rows I and, transposed, rows J: half the products of a query-by-query search. With `mix`
     (N, B) the list ends with one more result, the neighbours by Σ_b mix[i, b]·mix[j, b]·S_b(i, j) — the inner
     product of the concatenation [mix[:, b]·x_b], found from the blocks' products without a search of its
-    own (DDO's fused feature is such a concatenation of its branches, see dsfnet/cluster/ddo.py).
+    own (DDO's fused feature is such a concatenation of its branches, see dsfnet/cluster/ddo.py). Blocks in
+    `mix_only` serve the mix and get no list of their own.
     """
     blocks = [np.ascontiguousarray(x, dtype=np.float32) for x in blocks]
     n = len(blocks[0]) if blocks else 0
@@ -145,15 +155,17 @@ def symmetric_knn(blocks: Sequence[np.ndarray], k: int, mix: np.ndarray | None =
         mix = np.asarray(mix, dtype=np.float32)
         if mix.shape != (n, len(blocks)):
             raise ValueError(f"mix must have shape (N, blocks) = ({n}, {len(blocks)}), got {mix.shape}")
-    found = [_RunningTopK(n, k) for _ in range(len(blocks) + (mix is not None))]
+    if mix is None and mix_only:
+        raise ValueError("mix_only names blocks that serve the mix, but there is no mix")
+    listed = [b for b in range(len(blocks)) if b not in set(mix_only)]
+    found = [_RunningTopK(n, k) for _ in range(len(listed) + (mix is not None))]
     for i in range(0, n, block_rows):
         rows = slice(i, min(i + block_rows, n))
         for j in range(i, n, block_rows):
             columns = slice(j, min(j + block_rows, n))
             sims = [x[rows] @ x[columns].T for x in blocks]
-            if mix is not None:
-                sims.append(sum(np.outer(mix[rows, b], mix[columns, b]) * s for b, s in enumerate(sims)))
-            for running, block in zip(found, sims, strict=True):
+            mixed = [] if mix is None else [_mixed(sims, mix[rows], mix[columns])]
+            for running, block in zip(found, [sims[b] for b in listed] + mixed, strict=True):
                 running.add(rows, block, j)
                 if j != i:  # torch transposes a block ~2x faster than numpy
                     running.add(columns, torch.from_numpy(block).T.contiguous().numpy(), i)
