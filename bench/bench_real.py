@@ -142,6 +142,16 @@ def table(rows: list[dict], inits: list[str], variants: list[str], seeds: list[i
     return "\n".join(lines)
 
 
+def labelled(rows: list[dict], methods: dict[str, DSFNetConfig | None]) -> list[dict]:
+    """Each row under every variant name whose parts it ran (a `full` with every part off is the baseline's
+    row, which was trained once); untrained rows keep their name."""
+    out = []
+    for row in rows:
+        names = [v for v, m in methods.items() if m is not None and enabled_parts(m) == stored_parts(row["method"])]
+        out += [dict(row, variant=name) for name in names] or [row]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -230,11 +240,13 @@ def main() -> None:
                       f"purity {row['purity']:.3f} ({row['minutes']:.1f} min"
                       + (f"; the weights of seed {row['same_weights_as_seed']}, not re-evaluated)"
                          if "same_weights_as_seed" in row else ")"), flush=True)
-    mine = [dict(r, variant=next((v for v, m in methods.items()
-                                  if m is not None and enabled_parts(m) == stored_parts(r["method"])), r["variant"]))
-            for r in rows if (r["settings"], r.get("dataset"), r.get("protocol")) == (settings, dataset, args.protocol)]
+    mine = labelled([r for r in rows if (r["settings"], r.get("dataset"), r.get("protocol")) ==
+                     (settings, dataset, args.protocol)], methods)
     print(settings)
     print(table(mine, list(model_configs), list(methods), args.seeds))
+    for variant, method in methods.items():
+        if variant != "baseline" and method is not None and not enabled_parts(method):
+            print(f"{variant} enables no DSFNet part here (the profile's parts are off): its rows are the baseline's")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from dsfnet.cluster import knn_choice
+from dsfnet.config import DSFNetConfig
 from dsfnet.data import load_dataset
 from pipeline.profiles import profile_params
 from tests.project import PROJECT_ROOT
@@ -125,6 +126,24 @@ def test_variants_of_a_profile_switch_parts_and_keep_the_profiles_part_settings(
     assert variant_method("scnet", base).scnet.split == base.scnet.split  # the profile's part settings stay
     with pytest.raises(SystemExit, match="variant 'full-bogus'"):
         variant_method("full-bogus", base)
+
+
+def test_a_full_variant_with_every_part_off_is_shown_with_the_baselines_rows(monkeypatch):
+    """A profile whose parts are all off trains `full` once, as the baseline; the table lists the row under both
+    names (and the untrained row under its own), so `make bench-real` prints a full line, not a gap."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
+    from bench_ablation import enabled_parts
+    from bench_real import labelled, variant_method
+
+    base = profile_params("cpu-imagenet").dsfnet
+    off = DSFNetConfig(*(replace(getattr(base, part), enabled=False) for part in ("finet", "scnet", "ddo")))
+    methods = {"untrained": None, "baseline": variant_method("baseline", off), "full": variant_method("full", off)}
+    baseline_row = {"variant": "baseline", "seed": 4, "mAP": 39.8, "method": enabled_parts(methods["baseline"])}
+    untrained_row = {"variant": "untrained", "seed": 4, "mAP": 3.0, "method": None}
+    shown = labelled([untrained_row, baseline_row], methods)
+    assert [(r["variant"], r["mAP"]) for r in shown] == [("untrained", 3.0), ("baseline", 39.8), ("full", 39.8)]
+    with_parts = {**methods, "full": variant_method("scnet+ddo", base)}  # parts on: the baseline row is not full
+    assert [r["variant"] for r in labelled([baseline_row], with_parts)] == ["baseline"]
 
 
 def test_a_row_written_before_a_new_switch_matches_the_switch_at_its_default(monkeypatch):
