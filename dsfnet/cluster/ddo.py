@@ -83,13 +83,12 @@ def as_concatenation(first: np.ndarray, parts: Sequence[np.ndarray], atol: float
     dims = [part.shape[1] for part in parts]
     if width <= sum(dims) or any(part.shape[0] != n for part in parts):
         return None
-    cuts = np.cumsum([width - sum(dims)] + dims)[:-1]
-    pieces = np.split(first, cuts, axis=1)
-    scales = np.stack([np.linalg.norm(piece, axis=1) for piece in pieces], axis=1)
-    units = [piece / np.maximum(scale, 1e-12)[:, None] for piece, scale in zip(pieces, scales.T, strict=True)]
-    if not all(np.allclose(unit, part, rtol=0.0, atol=atol) for unit, part in zip(units[1:], parts, strict=True)):
-        return None
-    return [units[0], *parts], scales
+    pieces = np.split(first, np.cumsum([width - sum(dims)] + dims)[:-1], axis=1)
+    scales = np.stack([np.sqrt(np.einsum("ij,ij->i", piece, piece)) for piece in pieces], axis=1)
+    for piece, scale, part in zip(pieces[1:], scales.T[1:], parts, strict=True):  # piece = scale·part, to atol
+        if np.abs(piece - scale[:, None] * part).max() > atol:
+            return None
+    return [pieces[0] / np.maximum(scales[:, :1], 1e-12), *parts], scales
 
 
 def branch_neighbours(branches: Sequence[np.ndarray], config: ClusterConfig,
