@@ -94,15 +94,17 @@ imagenet-weights: $(VENV)/.installed
 
 # the official-protocol table on real Market-1501 (research use: the images stay in a folder outside the repo):
 # untrained / baseline / DSFNet as profile cpu-imagenet trains them, on seeds that informed no choice; resumable
-# (finished rows in bench/results/real_market.json are skipped), ~20 min a row on 2 cores at 12 epochs
-# (the profile trains 24 since session 19: validation rows took 1.4-2x as long). Needs
-# `make imagenet-weights` once. bench/real/README.md has the validation-split commands that made the choices.
+# (finished rows in bench/results/real_market.json are skipped), 15-21 min a row on 2 cores at the profile's
+# 24 x 40. Needs `make imagenet-weights` once. bench/real/README.md has the validation-split commands that made
+# the choices. full = the profile's parts (none in cpu-imagenet since session 21, so its rows are the baseline's);
+# scnet+ddo = the DSFNet parts it ran until then, with its settings for them.
 PROFILE ?= cpu-imagenet
 SEEDS ?= 4 5 6
+VARIANTS ?= untrained baseline full scnet+ddo
 bench-real: $(VENV)/.installed
 	@test -n "$(MARKET)" || { echo "usage: make bench-real MARKET=DIR  (DIR holds bounding_box_train, query, bounding_box_test)"; exit 2; }
 	$(PY) bench/bench_real.py --dataset market1501 --root "$(MARKET)" --protocol official --profile $(PROFILE) \
-		--variants untrained baseline full --seeds $(SEEDS)
+		--variants $(VARIANTS) --seeds $(SEEDS)
 
 # run the pipeline only if DVC reports changed data, params or code (what CI runs)
 retrain: $(VENV)/.installed

@@ -245,7 +245,7 @@ def main() -> None:
     print(settings)
     print(table(mine, list(model_configs), list(methods), args.seeds))
     for variant, method in methods.items():
-        if variant != "baseline" and method is not None and not enabled_parts(method):
+        if variant != "baseline" and method is not None and not any(enabled_parts(method).values()):
             print(f"{variant} enables no DSFNet part here (the profile's parts are off): its rows are the baseline's")
 
 

@@ -151,9 +151,9 @@ def test_a_row_written_before_a_new_switch_matches_the_switch_at_its_default(mon
     rows of `make bench-real` are not trained again, and a non-default value is another row."""
     monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
     from bench_ablation import enabled_parts, stored_parts
-    from bench_real import row_key
+    from bench_real import row_key, variant_method
 
-    method = profile_params("cpu-imagenet").dsfnet
+    method = variant_method("scnet+ddo", profile_params("cpu-imagenet").dsfnet)  # DDO on, whatever the profile has
     now = enabled_parts(method)
     older = {name: ({k: v for k, v in value.items() if k != "base"} if name == "ddo" else value)
              for name, value in now.items()}
@@ -192,16 +192,16 @@ def test_bench_speedup_runs_both_code_paths_and_resumes(tmp_path):
     out.write_text(json.dumps(before_the_knn_switch))
     rerun = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert "seed 1 new" in rerun.stdout and "seed 1 old" not in rerun.stdout  # such a new-path row is not reused
-    # a machine where `python -m dsfnet.warmup` measured faiss faster: `auto` searches with faiss, a new row
+    # a machine where `python -m dsfnet.warmup` measured the symmetric search fastest: `auto` clusters with it
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / knn_choice.CHOICE_FILE).write_text(json.dumps(
-        {"backend": "faiss", "seconds": {"torch": 2.0, "faiss": 1.0}, "shape": [64, 8, 4],
-         "machine": knn_choice.machine(), "measured_at": "2026-12-07T00:00:00Z"}))
+        {"backend": "faiss", "self_search": "symmetric", "seconds": {"torch": 2.0, "faiss": 1.0, "symmetric": 0.7},
+         "shape": [64, 8, 4], "machine": knn_choice.machine(), "measured_at": "2026-12-07T00:00:00Z"}))
     measured = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
                               env={**os.environ, "DSFNET_CACHE_DIR": str(tmp_path / "cache")})
-    assert "seed 1 new (channels-last True, torch, kNN faiss)" in measured.stdout
+    assert "seed 1 new (channels-last True, torch, kNN symmetric)" in measured.stdout
     assert "seed 1 old" not in measured.stdout
-    assert json.loads(out.read_text())[-1]["knn_ran"] == "faiss"
+    assert json.loads(out.read_text())[-1]["knn_ran"] == "symmetric"
 
 
 def test_the_table_gives_the_mean_and_the_sample_std_over_seeds(monkeypatch):
