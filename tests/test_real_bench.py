@@ -285,3 +285,7 @@ def test_cluster_probe_scores_the_profiles_ddo_part_pairs_on_one_checkpoint(tmp_
     refused = subprocess.run([sys.executable, "bench/real/cluster_probe.py", "--manifest", str(manifest),
                               "--ddo-part-pairs", "all"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "needs --profile" in refused.stderr
+    ddo_off = subprocess.run([sys.executable, "bench/real/cluster_probe.py", "--manifest", str(manifest), "--profile",
+                              "cpu-default", "--parts", "scnet", "--ddo-part-pairs", "all"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True)
+    assert ddo_off.returncode != 0 and "DDO is off" in ddo_off.stderr and "--parts scnet ddo" in ddo_off.stderr

@@ -3,7 +3,7 @@ settings and score them against the manifest's (monitoring-only) train ids, with
 
     python bench/real/cluster_probe.py --manifest DIR/cuhk03.csv [--eps 0.4 0.5 0.6] [--k1 20 30] [--size 128x64]
                                        [--checkpoint model.pt]
-    python bench/real/cluster_probe.py --manifest DIR/market_val.csv --profile cpu-imagenet \
+    python bench/real/cluster_probe.py --manifest DIR/market_val.csv --profile cpu-imagenet --parts scnet ddo \
                                        --checkpoint DIR/imagenet-full-seed4.pt --ddo-part-pairs all same_camera
 
 The first epoch's labels decide what the network learns first; on real images they are the cheapest place
@@ -11,6 +11,8 @@ to choose `cluster.eps`, `cluster.k1` and `cluster.camera_norm` (a grid here cos
 With `--profile` and `--ddo-part-pairs`, the profile's own clustering (the trainer's `pseudo_labels`: DDO's
 fused distance, SCNet's proxies) is scored on the checkpoint's features for each `dsfnet.ddo.part_pairs`,
 next to the same clustering with DDO off: what DDO's part term does to the labels of one trained network.
+`--parts` names the parts the checkpoint was trained with, each with the profile's settings for it, where the
+profile has them off (cpu-imagenet since session 21).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def main() -> None:
     parser.add_argument("--profile", help="with --ddo-part-pairs: the network and clustering of profiles/<name>.yaml")
     parser.add_argument("--ddo-part-pairs", nargs="+", choices=["all", "same_camera"],
                         help="score the profile's clustering with each dsfnet.ddo.part_pairs (and with DDO off)")
+    parser.add_argument("--parts", nargs="+", choices=["finet", "scnet", "ddo"],
+                        help="with --ddo-part-pairs: the DSFNet parts the checkpoint was trained with, each with the "
+                             "profile's settings for it (default: the profile's own parts)")
     args = parser.parse_args()
     if args.ddo_part_pairs:
         if not args.profile:
@@ -103,8 +108,12 @@ def probe_ddo(args: argparse.Namespace) -> None:
     """The profile's pseudo-labels on one network's train branches, per `ddo.part_pairs` and with DDO off."""
     params = profile_params(args.profile)
     method, cluster, train = params.dsfnet, params.cluster, params.train
+    if args.parts:
+        method = replace(method, **{part: replace(getattr(method, part), enabled=part in args.parts)
+                                    for part in ("finet", "scnet", "ddo")})
     if not method.ddo.enabled:
-        raise SystemExit(f"--ddo-part-pairs: profile {args.profile} has dsfnet.ddo.enabled false")
+        raise SystemExit(f"--ddo-part-pairs: DDO is off (profile {args.profile} has dsfnet.ddo.enabled false); name "
+                         f"the checkpoint's parts, e.g. --parts scnet ddo")
     data = load_dataset("folder", args.manifest)
     model = build_model(params.model, method)
     if args.checkpoint:
