@@ -77,16 +77,23 @@ def _eval_batches(model: torch.nn.Module, records: Sequence[ImageRecord], height
     """
     keep_freed_memory()
     dataset = ImageDataset(records, build_test_transform(height, width), cache=cache)
-    context = None
     if cache is not None and workers > 0:
-        dataset.preload(threads=workers)  # filled before the workers fork, so they share it
-        context = "fork"
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_images, multiprocessing_context=context)
+        dataset.preload(threads=workers)  # filled before any worker forks, so they share it
+    if dataset.stacks_batches:  # cached images: converted a whole batch at a time, no loader workers needed
+        starts = range(0, len(dataset), batch_size)
+        batches: Iterator[torch.Tensor] = (dataset.stacked_batch(range(start, min(start + batch_size, len(dataset))))
+                                           for start in starts)
+        total = len(starts)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=collate_images,
+                            multiprocessing_context="fork" if cache is not None and workers > 0 else None)
+        batches = (images for images, *_ in loader)
+        total = len(loader)
     was_training = model.training
     model.eval()
     try:
-        for images, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for images in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
             yield images.to(device)
     finally:
         model.train(was_training)

@@ -135,6 +135,29 @@ def test_cached_images_give_the_same_augmented_batches_as_decoding_each_time(tmp
         plain.preload()
 
 
+def test_a_stacked_test_batch_equals_the_per_image_transform_bit_for_bit(tmp_path):
+    """Feature passes over cached images convert a whole batch at once (bench: 1.3 -> 0.4-0.6 s per 10k
+    images); each pixel must go through the same float operations as ToTensor + Normalize one image at a time."""
+    from dsfnet.data import SyntheticConfig, generate_synthetic
+    from dsfnet.data.loader import ImageDataset
+    from dsfnet.data.transforms import build_test_transform, build_train_transform
+
+    records = generate_synthetic(tmp_path, SyntheticConfig(profile="tiny"), progress=False).train[:7]
+    test = ImageDataset(records, build_test_transform(32, 16), cache={})
+    assert test.stacks_batches
+    picked = [5, 0, 3, 3]
+    stacked = test.stacked_batch(picked)
+    plain = ImageDataset(records, build_test_transform(32, 16))  # decodes each image, the per-image transform
+    expected = torch.stack([plain[i][0] for i in picked])
+    assert stacked.shape == (4, 3, 32, 16) and stacked.dtype == torch.float32 and stacked.is_contiguous()
+    torch.testing.assert_close(stacked, expected, rtol=0, atol=0)
+    assert not ImageDataset(records, build_test_transform(32, 16)).stacks_batches  # no cache
+    train = ImageDataset(records, build_train_transform(32, 16), cache={})
+    assert not train.stacks_batches  # random flips, crops and erasing are per image
+    with pytest.raises(ValueError, match="ToTensor, Normalize"):
+        train.stacked_batch([0])
+
+
 def test_loader_workers_share_the_preloaded_cache_and_give_the_same_batches(tmp_path):
     """With train.workers > 0 the main process decodes every image once (threads) before the workers fork;
     the batches equal those of workers decoding every image themselves."""
