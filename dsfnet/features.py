@@ -84,6 +84,9 @@ def _eval_batches(model: torch.nn.Module, records: Sequence[ImageRecord], height
         batches: Iterator[torch.Tensor] = (dataset.stacked_batch(range(start, min(start + batch_size, len(dataset))))
                                            for start in starts)
         total = len(starts)
+        # the one draw a DataLoader makes from torch's generator (its workers' base seed), so that every seeded
+        # run's random stream, and with it each result measured before this path existed, stays as it was
+        torch.empty((), dtype=torch.int64).random_()
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                             collate_fn=collate_images,

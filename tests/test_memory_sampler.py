@@ -212,3 +212,10 @@ def test_feature_pass_reads_the_trainers_image_cache_and_gives_the_same_features
             if value is not None:
                 np.testing.assert_array_equal(cached[name], value)
     assert len(cache) == 20  # the same keys: no image decoded a second time
+    # and the pass moves torch's generator as a loader pass does, so the augmentations after it are the same
+    torch.manual_seed(3)
+    extract_branches(model, records, 32, 16, batch_size=8, workers=workers, progress=False)
+    after_loader = torch.get_rng_state()
+    torch.manual_seed(3)
+    extract_branches(model, records, 32, 16, batch_size=8, workers=workers, progress=False, cache=cache)
+    assert torch.equal(torch.get_rng_state(), after_loader)
