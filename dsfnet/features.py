@@ -77,9 +77,9 @@ def _eval_batches(model: torch.nn.Module, records: Sequence[ImageRecord], height
     """
     keep_freed_memory()
     dataset = ImageDataset(records, build_test_transform(height, width), cache=cache)
-    if cache is not None and workers > 0:
-        dataset.preload(threads=workers)  # filled before any worker forks, so they share it
     if dataset.stacks_batches:  # cached images: converted a whole batch at a time, no loader workers needed
+        if workers > 0:
+            dataset.preload(threads=workers)  # the images not cached yet, decoded in `workers` threads
         starts = range(0, len(dataset), batch_size)
         batches: Iterator[torch.Tensor] = (dataset.stacked_batch(range(start, min(start + batch_size, len(dataset))))
                                            for start in starts)
@@ -89,8 +89,7 @@ def _eval_batches(model: torch.nn.Module, records: Sequence[ImageRecord], height
         torch.empty((), dtype=torch.int64).random_()
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=collate_images,
-                            multiprocessing_context="fork" if cache is not None and workers > 0 else None)
+                            collate_fn=collate_images)
         batches = (images for images, *_ in loader)
         total = len(loader)
     was_training = model.training
